@@ -1,0 +1,196 @@
+"""``fredflow``: a thin CLI over the Python API. Parse arguments, call, print.
+
+Exit codes: 0 every series ingested; 3 committed but some series failed
+permanently; 1 fatal, nothing committed; 2 usage error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import date
+from pathlib import Path
+
+import orjson
+
+from .errors import FatalRunError, FredflowError, UsageError
+from .pipeline import EXIT_FATAL, EXIT_USAGE
+
+log = logging.getLogger("fredflow")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one actionable line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"fredflow: error: {message} (see '{self.prog} --help')\n")
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid date {text!r}: use YYYY-MM-DD") from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _batch_size(text: str) -> int | None:
+    return None if text == "auto" else _positive_int(text)
+
+
+def _add_catalog_options(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--series", help="comma-separated series ids, e.g. GDP,CPIAUCSL")
+    source.add_argument("--series-file", type=Path, help="file with one series id per line (# comments)")
+    source.add_argument("--release", type=_positive_int, help="FRED release id: every series in it")
+    source.add_argument("--category", type=int, help="FRED category id: every series in it")
+
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api-url", help="FRED API base URL (env FRED_API_URL; default the real FRED)")
+    parser.add_argument("--api-key", help="FRED api key (env FRED_API_KEY); never logged or stored")
+    parser.add_argument("--rate", type=_positive_float, help="requests per second for the whole run (default 2)")
+    parser.add_argument("--burst", type=_positive_int, help="requests allowed at once above the rate (default 2)")
+    parser.add_argument("--concurrency", type=_positive_int, help="requests in flight for the whole run (default 8)")
+    parser.add_argument("--timeout", type=_positive_float, help="seconds before a request is retried (default 30)")
+    parser.add_argument("--max-attempts", type=_positive_int, help="attempts per request on 5xx/timeouts (default 5)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fredflow", description="Ingest FRED time series into DuckDB.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ingest = commands.add_parser("ingest", help="fetch series and merge them into DuckDB in one transaction")
+    ingest.add_argument("--db", type=Path, required=True, help="DuckDB file (created if missing)")
+    _add_catalog_options(ingest)
+    _add_api_options(ingest)
+    ingest.add_argument("--runner", choices=("asyncio", "thread", "dask"), default="asyncio")
+    ingest.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
+                        help="series per batch (default auto)")
+    ingest.add_argument("--start", type=_date, help="first observation date, YYYY-MM-DD")
+    ingest.add_argument("--end", type=_date, help="last observation date, YYYY-MM-DD")
+    ingest.add_argument("--staging-dir", type=Path, help="where runs stage files (default: beside the db)")
+    ingest.add_argument("--json", action="store_true", help="print exactly one JSON object with the summary")
+    ingest.add_argument("--quiet", action="store_true", help="no progress display")
+
+    runs = commands.add_parser("runs", help="list recent runs recorded in the database")
+    runs.add_argument("--db", type=Path, required=True)
+    runs.add_argument("--limit", type=_positive_int, default=20)
+    runs.add_argument("--json", action="store_true")
+
+    commands.add_parser("sim", help="start the embedded FRED-compatible simulator (see 'fredflow sim --help')",
+                        add_help=False)
+    return parser
+
+
+def _settings(args: argparse.Namespace):
+    from .settings import Settings
+
+    try:
+        return Settings.from_env(
+            api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
+            concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts,
+        )
+    except ValueError as exc:  # pydantic validation
+        raise UsageError(str(exc).splitlines()[0]) from None
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from .catalog import CatalogSpec
+    from .pipeline import ingest
+    from .progress import for_terminal
+
+    spec = CatalogSpec(
+        series=tuple(args.series.split(",")) if args.series is not None else None,
+        series_file=args.series_file, release=args.release, category=args.category,
+    )
+    try:
+        summary = ingest(
+            args.db, spec, settings=_settings(args), runner=args.runner, batch_size=args.batch_size,
+            start=args.start, end=args.end, staging_root=args.staging_dir,
+            progress=for_terminal(quiet=args.quiet or args.json and not sys.stderr.isatty()),
+        )
+    except FatalRunError as exc:
+        if args.json:
+            sys.stdout.write(orjson.dumps({"status": "failed", "error": str(exc)}).decode() + "\n")
+        raise
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
+    else:
+        print(f"run {summary.run_id} {summary.status}: {summary.n_series} series, {summary.n_rows:,} rows, "
+              f"{summary.n_failed} failed, {summary.requests} requests ({summary.retries} retries, "
+              f"{summary.throttled} throttled) in {summary.seconds:.1f}s, {summary.achieved_rps:.1f} req/s")
+        if summary.failed:
+            shown = ", ".join(summary.failed[:10]) + (" …" if len(summary.failed) > 10 else "")
+            print(f"failed series: {shown} (details: SELECT * FROM ingest_failures WHERE run_id = '{summary.run_id}')")
+    return summary.exit_code
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .store import recent_runs
+
+    if not args.db.exists():
+        raise UsageError(f"no database at {args.db}")
+    rows = recent_runs(args.db, args.limit)
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, default=str).decode() + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run_id", "started", "status", "runner", "series", "failed", "rows", "requests", "retries",
+                  "429s", "seconds", "req/s")
+    for r in rows:
+        table.add_row(r["run_id"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}", r["status"], r["runner"],
+                      str(r["n_series"]), str(r["n_failed"]), f"{r['n_rows']:,}", str(r["requests"]),
+                      str(r["retries"]), str(r["throttled"]), f"{r['seconds']:.1f}", f"{r['achieved_rps']:.1f}")
+    Console().print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sim"]:
+        from .sim.__main__ import main as sim_main
+
+        return sim_main(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "asyncio", "distributed", "prefect"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return {"ingest": cmd_ingest, "runs": cmd_runs}[args.command](args)
+    except UsageError as exc:
+        sys.stderr.write(f"fredflow: error: {exc}\n")
+        return EXIT_USAGE
+    except FatalRunError as exc:
+        sys.stderr.write(f"fredflow: fatal: {exc} (nothing was committed)\n")
+        return EXIT_FATAL
+    except FredflowError as exc:
+        sys.stderr.write(f"fredflow: fatal: {exc}\n")
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        sys.stderr.write("fredflow: interrupted; nothing was committed\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Error types: every failure fredflow reports is one of these.
+
+They are decided in one place (:func:`fredflow.fred.classify`) and handled in
+one place per policy: permanent per-series failures are recorded and the run
+goes on, transient ones are retried, fatal ones abort the run before anything
+is committed.
+"""
+
+from __future__ import annotations
+
+
+class FredflowError(Exception):
+    """Base class for every error fredflow raises on purpose."""
+
+
+class UsageError(FredflowError):
+    """Bad input from the user (dates, options, files). CLI exit code 2."""
+
+
+class FatalRunError(FredflowError):
+    """The run cannot go on at all (e.g. the api key is refused). Exit code 1, nothing committed."""
+
+
+class FredError(FredflowError):
+    """An error answered by the FRED API (or a transport failure talking to it)."""
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.attempts = 1  # set by the client to the attempts spent before giving up
+
+
+class BadApiKey(FredError, FatalRunError):
+    """The api key is missing, malformed or not registered: abort the run, no retries."""
+
+
+class SeriesNotFound(FredError):
+    """400/404 "The series does not exist.": that series fails permanently."""
+
+
+class BadRequest(FredError):
+    """Any other 4xx: the request itself is wrong; retrying will not help."""
+
+
+class CatalogNotFound(BadRequest, FatalRunError):
+    """The release or category asked for does not exist: nothing to ingest."""
+
+
+class RateLimited(FredError):
+    """429 Too Many Requests: wait, slow the whole run down, retry."""
+
+    def __init__(self, message: str, *, http_status: int | None = 429, retry_after: float | None = None) -> None:
+        super().__init__(message, http_status=http_status)
+        self.retry_after = retry_after
+
+
+class TransientError(FredError):
+    """5xx, timeouts, resets, truncated or invalid JSON: retry with backoff, bounded."""
+
+
+class StoreBusy(FatalRunError):
+    """The DuckDB file is locked by another process."""

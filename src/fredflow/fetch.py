@@ -1,0 +1,108 @@
+"""Fetch one batch → staged files + manifest. The unit every runner runs.
+
+Guarantee: when :func:`fetch_batch` returns, every series of the batch is
+either staged (rows in the batch's Parquet files) or listed in
+``manifest.failures`` with the HTTP status, FRED's message and the attempts
+spent; the manifest is on disk. A :class:`~fredflow.errors.FatalRunError` (api
+key refused) propagates at once and leaves no manifest for the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from .batches import Batch
+from .errors import FatalRunError, FredError
+from .fred import FredClient, RequestStats, new_session
+from .limiter import AdaptiveLimiter
+from .settings import Settings
+from .stage import BatchManifest, RunStaging, SeriesFailure
+
+
+@dataclass(slots=True)
+class FetchContext:
+    """What batches running on one event loop share: pacing, a connection pool, a cap on requests in flight.
+
+    Runners that fan out to threads or processes build one per task (an
+    aiohttp session and an aiolimiter belong to one event loop).
+    """
+
+    settings: Settings
+    limiter: AdaptiveLimiter
+    semaphore: asyncio.Semaphore
+    session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def local(cls, settings: Settings, *, rate: float | None = None, concurrency: int | None = None) -> "FetchContext":
+        return cls(
+            settings=settings,
+            limiter=AdaptiveLimiter(rate or settings.rate, settings.burst),
+            semaphore=asyncio.Semaphore(concurrency or settings.concurrency),
+        )
+
+
+async def _fetch_series(client: FredClient, batch: Batch, series_id: str):
+    meta = await client.series(series_id) if batch.fetch_metadata else None
+    observations = await client.observations(series_id, batch.start, batch.end)
+    return meta, observations
+
+
+async def fetch_batch(batch: Batch, staging: RunStaging, ctx: FetchContext) -> BatchManifest:
+    """Fetch every series of ``batch`` (bounded by ``ctx.semaphore``) and stage it."""
+    started = time.perf_counter()
+    stats = RequestStats()
+    manifest = BatchManifest(batch_index=batch.index)
+    writer = staging.batch_writer(batch.index)
+    own_session = ctx.session is None
+    session = ctx.session or new_session(ctx.settings, ctx.settings.concurrency)
+    try:
+        client = FredClient(session, ctx.settings, ctx.limiter, stats=stats)
+
+        async def one(series_id: str) -> None:
+            async with ctx.semaphore:
+                try:
+                    meta, observations = await _fetch_series(client, batch, series_id)
+                except FatalRunError:
+                    raise
+                except FredError as exc:
+                    manifest.failures.append(
+                        SeriesFailure(series_id, exc.http_status, exc.message, exc.attempts)
+                    )
+                    return
+            # Staging happens outside the semaphore: the slot goes back to the network at once.
+            if meta is not None:
+                writer.add_series(meta)
+            writer.add_observations(series_id, observations)
+            manifest.succeeded.append(series_id)
+
+        async with asyncio.TaskGroup() as group:
+            for series_id in batch.series_ids:
+                group.create_task(one(series_id))
+    except BaseExceptionGroup as group_error:  # surface the first fatal error itself
+        raise group_error.exceptions[0] from None
+    finally:
+        if own_session:
+            await session.close()
+    manifest.requests, manifest.retries, manifest.throttled = stats.requests, stats.retries, stats.throttled
+    manifest.seconds = round(time.perf_counter() - started, 6)
+    # Staged in completion order; store them in batch order so reruns are reproducible.
+    order = {sid: i for i, sid in enumerate(batch.series_ids)}
+    manifest.succeeded.sort(key=order.__getitem__)
+    manifest.failures.sort(key=lambda f: order[f.series_id])
+    return writer.finish(manifest)
+
+
+def fetch_batch_sync(batch: Batch, staging_root: str | Path, run_id: str, settings: Settings,
+                     *, rate: float | None = None, concurrency: int | None = None) -> BatchManifest:
+    """Run :func:`fetch_batch` on a fresh event loop with its own session and limiter (one per task)."""
+
+    async def main() -> BatchManifest:
+        return await fetch_batch(batch, RunStaging(Path(staging_root), run_id),
+                                 FetchContext.local(settings, rate=rate, concurrency=concurrency))
+
+    return asyncio.run(main())

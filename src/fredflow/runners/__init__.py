@@ -1,0 +1,54 @@
+"""Runners: thin adapters that run the same :func:`fredflow.fetch.fetch_batch` over many batches.
+
+Every runner takes the lazily generated batches and returns their manifests;
+none of them merges, parses or talks to FRED itself. ``asyncio`` imports
+neither Prefect nor Dask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from ..batches import Batch
+from ..errors import UsageError
+from ..progress import Progress
+from ..settings import Settings
+from ..stage import BatchManifest
+
+RUNNER_NAMES = ("asyncio", "thread", "dask")
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    """What every batch of a run needs to know: where to stage and how to talk to FRED."""
+
+    run_id: str
+    staging_root: Path
+    settings: Settings
+
+
+class Runner(Protocol):
+    name: str
+
+    @property
+    def slots(self) -> int:
+        """How many batches run at once (sizes batches)."""
+
+    def run(self, batches: Iterator[Batch], n_batches: int, job: RunJob, progress: Progress) -> list[BatchManifest]:
+        """Run every batch; return their manifests. Raise the first fatal error."""
+
+
+def make_runner(name: str, **options) -> Runner:
+    if name == "asyncio":
+        from .asyncio_runner import AsyncioRunner
+
+        return AsyncioRunner(**options)
+    if name in ("thread", "dask"):
+        try:
+            from .prefect_runner import make_prefect_runner
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise UsageError(f"--runner {name} needs prefect and prefect-dask installed ({exc})") from None
+        return make_prefect_runner(name, **options)
+    raise UsageError(f"unknown runner {name!r}; choose one of {', '.join(RUNNER_NAMES)}")

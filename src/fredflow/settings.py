@@ -1,0 +1,64 @@
+"""One typed settings object, built from arguments and environment, passed down.
+
+Environment variables: ``FRED_API_KEY``, ``FRED_API_URL``. The api key is a
+:class:`pydantic.SecretStr`: its ``repr``/``str`` print ``**********``, and
+:meth:`Settings.public_dict` (what gets stored in ``ingest_runs``) leaves it out.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+DEFAULT_API_URL = "https://api.stlouisfed.org/fred"
+
+
+class Settings(BaseModel):
+    """Everything a run needs to talk to FRED and pace itself.
+
+    ``rate`` is requests per second for the *whole run* (FRED allows ~2/s,
+    120/min); ``concurrency`` is the number of requests in flight for the whole
+    run; ``max_attempts`` bounds retries of transient failures (5xx, timeouts,
+    bad JSON) per request, ``max_throttled_attempts`` bounds retries on 429.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    api_url: str = DEFAULT_API_URL
+    api_key: SecretStr = SecretStr("")
+    rate: float = Field(2.0, gt=0)
+    burst: int = Field(2, ge=1)
+    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(30.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    max_throttled_attempts: int = Field(30, ge=1)
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_max: float = Field(30.0, ge=0)
+    page_limit: int = Field(100_000, ge=1, le=100_000)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "Settings":
+        """Settings from ``FRED_API_URL``/``FRED_API_KEY``, then explicit overrides (None = not given)."""
+        values: dict[str, Any] = {}
+        if os.environ.get("FRED_API_URL"):
+            values["api_url"] = os.environ["FRED_API_URL"]
+        if os.environ.get("FRED_API_KEY"):
+            values["api_key"] = os.environ["FRED_API_KEY"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @property
+    def base_url(self) -> str:
+        return self.api_url.rstrip("/")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings without the api key: safe for logs, run records and flow parameters."""
+        return self.model_dump(exclude={"api_key"})
+
+
+def default_staging_root(db_path: Path) -> Path:
+    """Staged files of runs into ``db`` live beside it, e.g. ``data/demo.duckdb`` → ``data/demo.staging/``."""
+    return db_path.with_name(db_path.stem + ".staging")

@@ -1,0 +1,131 @@
+"""store.py: schema, one-transaction merge, idempotent upsert, revisions, run records."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from fredflow.parse import OBSERVATION_SCHEMA, SERIES_SCHEMA
+from fredflow.stage import BatchManifest, RunStaging, SeriesFailure
+from fredflow.store import RunRecord, connect, merge_run, recent_runs
+from fredflow.errors import StoreBusy
+
+
+def _obs(dates: list[date], values: list[float | None]) -> pa.Table:
+    n = len(dates)
+    return pa.Table.from_pydict(
+        {"date": dates, "value": values, "realtime_start": [date(2026, 1, 1)] * n, "realtime_end": [date(2026, 1, 1)] * n},
+        schema=OBSERVATION_SCHEMA,
+    )
+
+
+def _meta(series_id: str, title: str) -> pa.Table:
+    row = {f.name: None for f in SERIES_SCHEMA}
+    row.update(series_id=series_id, title=title, frequency="Monthly", last_updated=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    return pa.Table.from_pylist([row], schema=SERIES_SCHEMA)
+
+
+def _record(run_id: str, **overrides) -> RunRecord:
+    now = datetime.now(timezone.utc)
+    values = dict(run_id=run_id, started_at=now, finished_at=now, status="succeeded", runner="asyncio", mode="full",
+                  n_series=2, n_failed=0, n_rows=0, requests=4, retries=0, throttled=0, seconds=1.0, achieved_rps=4.0,
+                  parameters={"settings": {"rate": 2}})
+    values.update(overrides)
+    return RunRecord(**values)
+
+
+def _stage(tmp_path, run_id: str, series: dict[str, pa.Table], failures=()) -> list[BatchManifest]:
+    staging = RunStaging(tmp_path / "staging", run_id).create({"run_id": run_id})
+    writer = staging.batch_writer(0, flush_rows=3)  # tiny flushes: several files per batch
+    manifest = BatchManifest(batch_index=0, failures=list(failures))
+    for series_id, table in series.items():
+        writer.add_series(_meta(series_id, f"title {series_id}"))
+        writer.add_observations(series_id, table)
+        manifest.succeeded.append(series_id)
+    return [writer.finish(manifest)]
+
+
+def _rows(db) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT series_id, date, value FROM observations ORDER BY 1, 2").fetchall()
+    finally:
+        con.close()
+
+
+def test_merge_writes_every_row_and_the_run(tmp_path):
+    db = tmp_path / "f.duckdb"
+    a = _obs([date(2020, 1, 1), date(2020, 2, 1), date(2020, 3, 1), date(2020, 4, 1)], [1.5, None, 3.25, 4.0])
+    b = _obs([date(2021, 1, 1)], [10.0])
+    manifests = _stage(tmp_path, "r1", {"A": a, "B": b}, failures=[SeriesFailure("C", 400, "Bad Request.  The series does not exist.", 1)])
+    assert len(manifests[0].observation_files) == 2  # flushed at 3 rows
+    merge_run(db, _record("r1", n_rows=5, n_failed=1, status="partial"), manifests)
+    assert _rows(db) == [
+        ("A", date(2020, 1, 1), 1.5), ("A", date(2020, 2, 1), None), ("A", date(2020, 3, 1), 3.25),
+        ("A", date(2020, 4, 1), 4.0), ("B", date(2021, 1, 1), 10.0),
+    ]
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT series_id, title, last_run_id FROM series ORDER BY 1").fetchall() == [
+        ("A", "title A", "r1"), ("B", "title B", "r1")]
+    assert con.execute("SELECT run_id, series_id, http_status, attempts FROM ingest_failures").fetchall() == [("r1", "C", 400, 1)]
+    run = con.execute("SELECT status, n_rows, n_failed, parameters->>'$.settings.rate' FROM ingest_runs").fetchone()
+    assert run == ("partial", 5, 1, "2")
+    con.close()
+
+
+def test_rerun_is_idempotent_and_a_revision_replaces_the_old_value(tmp_path):
+    db = tmp_path / "f.duckdb"
+    original = _obs([date(2020, 1, 1), date(2020, 2, 1)], [1.0, 2.0])
+    merge_run(db, _record("r1"), _stage(tmp_path, "r1", {"A": original}))
+    merge_run(db, _record("r2"), _stage(tmp_path, "r2", {"A": original}))
+    assert _rows(db) == [("A", date(2020, 1, 1), 1.0), ("A", date(2020, 2, 1), 2.0)]
+    revised = _obs([date(2020, 2, 1), date(2020, 3, 1)], [2.5, None])
+    merge_run(db, _record("r3"), _stage(tmp_path, "r3", {"A": revised}))
+    assert _rows(db) == [("A", date(2020, 1, 1), 1.0), ("A", date(2020, 2, 1), 2.5), ("A", date(2020, 3, 1), None)]
+    assert [r["run_id"] for r in recent_runs(db)] == ["r3", "r2", "r1"]
+
+
+def test_failed_merge_commits_nothing(tmp_path):
+    db = tmp_path / "f.duckdb"
+    merge_run(db, _record("r1"), _stage(tmp_path, "r1", {"A": _obs([date(2020, 1, 1)], [1.0])}))
+    manifests = _stage(tmp_path, "r2", {"A": _obs([date(2020, 1, 1)], [9.0]), "B": _obs([date(2020, 1, 1)], [2.0])})
+    manifests[0].observation_files.append(str(tmp_path / "missing.parquet"))  # the merge fails mid-way
+    with pytest.raises(duckdb.Error):
+        merge_run(db, _record("r2"), manifests)
+    assert _rows(db) == [("A", date(2020, 1, 1), 1.0)]
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT run_id FROM ingest_runs").fetchall() == [("r1",)]
+    con.close()
+
+
+def test_api_key_never_reaches_the_run_record(tmp_path):
+    from fredflow.settings import Settings
+
+    settings = Settings(api_key="abcdefghijklmnopqrstuvwxyz012345")
+    assert "abcdefghijklmnopqrstuvwxyz012345" not in repr(settings)
+    db = tmp_path / "f.duckdb"
+    merge_run(db, _record("r1", parameters={"settings": settings.public_dict()}), [])
+    con = duckdb.connect(str(db), read_only=True)
+    stored = con.execute("SELECT parameters::VARCHAR FROM ingest_runs").fetchone()[0]
+    con.close()
+    assert "abcdefghijklmnopqrstuvwxyz012345" not in stored and "api_key" not in stored
+
+
+def test_locked_database_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "f.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               f"import duckdb,sys,time; c=duckdb.connect({str(db)!r}); print('ok', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(StoreBusy, match="locked by another process"):
+            connect(db)
+    finally:
+        holder.kill()
+        holder.wait()
