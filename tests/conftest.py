@@ -10,3 +10,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: Real FRED responses; CI clones the repo with shared/ beside it.
 SAMPLES = Path(os.environ.get("FRED_SAMPLES", REPO.parent / "shared" / "fred-samples"))
+
+
+@pytest.fixture(scope="session")
+def sim():
+    """A plain simulator process (no rate limit, no faults), shared by tests that only read from it."""
+    from fredflow.sim.process import SimProcess
+
+    with SimProcess(n_series=120, seed=7, withdrawn=2, long_series=1) as process:
+        yield process
+
+
+@pytest.fixture
+def settings_for():
+    """Settings pointing at a simulator, fast retries (tests should not sleep for seconds)."""
+    from fredflow.settings import Settings
+    from fredflow.sim.server import DEMO_API_KEY
+
+    def make(process, **overrides):
+        values = dict(api_url=process.url, api_key=DEMO_API_KEY, rate=1000, burst=50, concurrency=16,
+                      backoff_base=0.01, backoff_max=0.05, timeout=10)
+        values.update(overrides)
+        return Settings(**values)
+
+    return make

@@ -66,7 +66,7 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", help="FRED API base URL (env FRED_API_URL; default the real FRED)")
     parser.add_argument("--api-key", help="FRED api key (env FRED_API_KEY); never logged or stored")
     parser.add_argument("--rate", type=_positive_float, help="requests per second for the whole run (default 2)")
-    parser.add_argument("--burst", type=_positive_int, help="requests allowed at once above the rate (default 2)")
+    parser.add_argument("--burst", type=_positive_int, help="requests allowed at once above the steady rate (default 1: smooth)")
     parser.add_argument("--concurrency", type=_positive_int, help="requests in flight for the whole run (default 8)")
     parser.add_argument("--timeout", type=_positive_float, help="seconds before a request is retried (default 30)")
     parser.add_argument("--max-attempts", type=_positive_int, help="attempts per request on 5xx/timeouts (default 5)")

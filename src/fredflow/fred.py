@@ -167,11 +167,11 @@ class FredClient:
                 if failures >= self._settings.max_attempts:
                     exc.attempts = failures + throttles
                     raise
+                self.stats.retries += 1
+                await self._sleep(self._backoff(failures))
             except FredError as exc:  # permanent: no retry
                 exc.attempts = failures + throttles + 1
                 raise
-                self.stats.retries += 1
-                await self._sleep(self._backoff(failures))
 
     # -- endpoints ---------------------------------------------------------------
 

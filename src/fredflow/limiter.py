@@ -4,11 +4,15 @@
 bucket of capacity ``burst`` draining at ``rate`` per second, so over any
 interval of ``t`` seconds at most ``burst + rate * t`` acquisitions pass.
 
-On a 429 (:meth:`throttled`) the whole limiter, i.e. every request of the run
-sharing it, pauses for a backoff delay and its rate is halved (never below
-``min_rate``); every success afterwards (:meth:`succeeded`) adds back a
-fraction of the configured rate until it is reached again (AIMD). A real limit
-lower than configured therefore settles without a storm of 429s.
+On a 429 (:meth:`AdaptiveLimiter.throttled`) every request sharing the limiter
+pauses briefly (long enough for a server bucket of ``burst`` to refill;
+doubling for 429 episodes in quick succession, up to 30 s) and the rate drops
+to ``DECREASE`` × itself, or ``DECREASE_AGAIN`` × itself when the previous
+episode was moments ago (never below ``min_rate``). Afterwards successes
+(:meth:`AdaptiveLimiter.succeeded`) let it climb back linearly, by
+``INCREASE_PER_S`` × the configured rate per second, up to the configured rate
+(AIMD). A real limit lower than configured therefore settles into a sawtooth
+between ~0.8× and 1× that limit, with a few 429s per tooth, not a storm.
 
 One instance belongs to one event loop (aiolimiter warns when reused across
 loops): runners that fan out to other threads or processes build one per task.
@@ -22,12 +26,17 @@ import time
 
 from aiolimiter import AsyncLimiter
 
+DECREASE = 0.8
+DECREASE_AGAIN = 0.5
+INCREASE_PER_S = 0.05
+MAX_PAUSE_S = 30.0
+
 
 class AdaptiveLimiter:
-    """At most ``burst + rate·t`` requests in any ``t`` seconds; halves the rate on each 429 episode."""
+    """At most ``burst + rate·t`` requests in any ``t`` seconds; slows down on 429s, recovers on successes."""
 
-    __slots__ = ("target_rate", "rate", "burst", "min_rate", "_bucket", "_paused_until",
-                 "_backoff", "_increase", "throttle_events")
+    __slots__ = ("target_rate", "rate", "burst", "min_rate", "_bucket", "_paused_until", "_pause",
+                 "_last_change", "throttle_events")
 
     def __init__(self, rate: float, burst: int = 2, *, min_rate: float | None = None) -> None:
         if rate <= 0:
@@ -38,9 +47,8 @@ class AdaptiveLimiter:
         self.min_rate = min_rate if min_rate is not None else max(self.target_rate / 64, 0.05)
         self._bucket = AsyncLimiter(self.burst, self.burst / self.rate)
         self._paused_until = 0.0
-        self._backoff = 0.0
-        # additive increase: 20 successes regain the full rate after a halving
-        self._increase = self.target_rate / 20
+        self._pause = 0.0
+        self._last_change = 0.0
         self.throttle_events = 0
 
     def _set_rate(self, rate: float) -> None:
@@ -48,7 +56,7 @@ class AdaptiveLimiter:
         # aiolimiter keeps its drain rate in two attributes; change both so
         # waiters already queued feel the new pace.
         self._bucket.time_period = self.burst / self.rate
-        self._bucket._rate_per_sec = self.rate  # noqa: SLF001 - documented above
+        self._bucket._rate_per_sec = self.rate  # noqa: SLF001 - see above
 
     async def acquire(self) -> None:
         """Wait for a pause (after a 429) to end, then for a token."""
@@ -57,23 +65,27 @@ class AdaptiveLimiter:
         await self._bucket.acquire()
 
     def throttled(self, retry_after: float | None = None) -> float:
-        """Record a 429: pause every request and halve the rate. Returns the pause in seconds.
+        """Record a 429: pause every request and slow down. Returns how long the caller should wait.
 
-        429s answered for requests sent before the previous pause ended belong
-        to the same episode and do not halve the rate again.
+        429s answered before the current pause ends belong to the same episode
+        (requests already in flight) and do not slow down again.
         """
         now = time.monotonic()
         if now >= self._paused_until:
             self.throttle_events += 1
-            self._set_rate(self.rate / 2)
-            self._backoff = min(30.0, max(1.0, self._backoff * 2 if self._backoff else 1.0))
-            pause = retry_after if retry_after is not None else self._backoff * random.uniform(0.75, 1.25)
+            refill = self.burst / self.rate
+            recent = now - self._paused_until < 10 * refill
+            # a 429 soon after the last one means we are far above the real limit: cut harder
+            self._set_rate(self.rate * (DECREASE_AGAIN if recent else DECREASE))
+            self._last_change = now
+            self._pause = min(MAX_PAUSE_S, self._pause * 2) if recent and self._pause else refill
+            pause = retry_after if retry_after is not None else self._pause * random.uniform(0.9, 1.1)
             self._paused_until = now + pause
         return max(0.0, self._paused_until - now)
 
     def succeeded(self) -> None:
-        """Record a success: regain rate additively; forget backoff once back at full rate."""
+        """Record a success: regain rate linearly in time."""
         if self.rate < self.target_rate:
-            self._set_rate(self.rate + self._increase)
-        elif self._backoff:
-            self._backoff = 0.0
+            now = time.monotonic()
+            self._set_rate(self.rate + INCREASE_PER_S * self.target_rate * (now - self._last_change))
+            self._last_change = now

@@ -25,6 +25,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from .batches import auto_batch_size, iter_batches
 from .catalog import Catalog, CatalogSpec, resolve
+from .checkpoints import checkpoint
 from .errors import BadApiKey, FatalRunError, UsageError
 from .fred import FredClient, RequestStats, new_session
 from .limiter import AdaptiveLimiter
@@ -167,6 +168,7 @@ def ingest(
         requests=summary.requests, retries=summary.retries, throttled=summary.throttled,
         seconds=summary.seconds, achieved_rps=summary.achieved_rps, parameters=parameters,
     )
+    checkpoint("after-staging")
     merge_run(db_path, record, manifests, staging.catalog_files)
     staging.remove()
     return summary

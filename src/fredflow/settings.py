@@ -30,7 +30,7 @@ class Settings(BaseModel):
     api_url: str = DEFAULT_API_URL
     api_key: SecretStr = SecretStr("")
     rate: float = Field(2.0, gt=0)
-    burst: int = Field(2, ge=1)
+    burst: int = Field(1, ge=1)
     concurrency: int = Field(8, ge=1)
     timeout: float = Field(30.0, gt=0)
     max_attempts: int = Field(5, ge=1)

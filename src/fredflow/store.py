@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import duckdb
 
+from .checkpoints import checkpoint
 from .errors import StoreBusy
 from .stage import BatchManifest
 
@@ -169,6 +170,7 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                     "INSERT INTO ingest_failures VALUES (?, ?, ?, ?, ?)",
                     [(record.run_id, f.series_id, f.http_status, f.message, f.attempts) for f in failures],
                 )
+            checkpoint("merge-before-commit")
             con.commit()
         except BaseException:
             con.rollback()

@@ -1,0 +1,24 @@
+"""Named points in a run where a test can freeze the process to kill it (``kill -9``) there.
+
+Set ``FREDFLOW_PAUSE_AT=<name>`` and ``FREDFLOW_PAUSE_FILE=<path>``: on reaching
+that point the process writes the name to the file and sleeps, so the test
+knows exactly where it is killed. Unset (always, outside tests) it costs one
+dictionary lookup.
+
+Points: ``after-staging`` (every batch staged, merge not begun),
+``merge-before-commit`` (inside the merge transaction, rows inserted, not committed).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def checkpoint(name: str) -> None:
+    if os.environ.get("FREDFLOW_PAUSE_AT") != name:
+        return
+    Path(os.environ["FREDFLOW_PAUSE_FILE"]).write_text(name)
+    while True:  # until killed
+        time.sleep(3600)

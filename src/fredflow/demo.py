@@ -1,0 +1,59 @@
+"""``make demo``: start the simulator, ingest a few hundred series into data/demo.duckdb, show them.
+
+Everything is real: the simulator is a separate process speaking FRED's API on
+127.0.0.1, the ingest goes through aiohttp under the rate limiter, and the
+result is an ordinary DuckDB file you can open afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import duckdb
+
+from .catalog import CatalogSpec
+from .pipeline import ingest
+from .progress import for_terminal
+from .settings import Settings
+from .sim.process import SimProcess
+from .sim.server import DEMO_API_KEY
+
+DB = Path("data/demo.duckdb")
+N_SERIES = 300
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    print(f"starting the FRED simulator ({N_SERIES} series, 40 req/s limit) …", flush=True)
+    with SimProcess(n_series=N_SERIES, seed=42, rate=40, burst=4) as sim:
+        settings = Settings(api_url=sim.url, api_key=DEMO_API_KEY, rate=35, burst=4, concurrency=16)
+        print(f"ingesting release 1 ({N_SERIES} series) from {sim.url} into {DB} …", flush=True)
+        summary = ingest(DB, CatalogSpec(release=1), settings=settings, progress=for_terminal())
+    print()
+    for key, value in summary.to_dict().items():
+        if key != "failed":
+            print(f"  {key:>13}: {value}")
+    con = duckdb.connect(str(DB), read_only=True)
+    try:
+        print("\nlargest series in the warehouse:")
+        query = """
+            SELECT o.series_id, s.frequency, count(*) AS observations, count(o.value) AS non_null,
+                   min(o.date) AS first, max(o.date) AS last, round(avg(o.value), 3) AS mean
+            FROM observations o JOIN series s USING (series_id)
+            GROUP BY ALL ORDER BY observations DESC LIMIT 8
+        """
+        print("  " + query.strip().replace("\n", "\n  "))
+        con.sql(query).show()
+        print("runs so far:")
+        con.sql("SELECT run_id, status, n_series, n_rows, requests, round(seconds, 1) AS seconds "
+                "FROM ingest_runs ORDER BY started_at DESC LIMIT 5").show()
+    finally:
+        con.close()
+    print(f"open it yourself:  uv run python -c \"import duckdb; print(duckdb.connect('{DB}').sql('FROM series LIMIT 5'))\"")
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Embedded FRED-compatible simulator: deterministic data, FRED-exact responses.
+
+- :class:`SimCatalog` -- the data (source of truth), :mod:`fredflow.sim.catalog`;
+- :class:`SimConfig`, :func:`build_app`, :func:`run` -- the aiohttp server;
+- :class:`SimProcess` -- the server as a subprocess, for tests and benchmarks;
+- :func:`main` -- ``python -m fredflow.sim`` / ``fredflow sim`` command line.
+"""
+
+from fredflow.sim.catalog import DEFAULT_TODAY, SimCatalog
+from fredflow.sim.cli import main
+from fredflow.sim.process import SimProcess
+from fredflow.sim.server import (
+    DEMO_API_KEY,
+    FAULT_KINDS,
+    UNREGISTERED_KEY,
+    SimConfig,
+    build_app,
+    run,
+)
+
+__all__ = [
+    "DEFAULT_TODAY",
+    "DEMO_API_KEY",
+    "FAULT_KINDS",
+    "UNREGISTERED_KEY",
+    "SimCatalog",
+    "SimConfig",
+    "SimProcess",
+    "build_app",
+    "main",
+    "run",
+]

@@ -1,0 +1,46 @@
+"""Helpers for end-to-end tests: compare a DuckDB file with the simulator's truth, row by row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+
+def db_observations(db: Path) -> pa.Table:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.sql("SELECT series_id, date, value FROM observations ORDER BY series_id, date").to_arrow_table()
+    finally:
+        con.close()
+
+
+def truth_observations(catalog, series_ids) -> pa.Table:
+    tables = []
+    for sid in sorted(series_ids):
+        obs = catalog.observations(sid)
+        tables.append(obs.select(["date", "value"]).add_column(0, "series_id", pa.array([sid] * obs.num_rows, pa.string())))
+    return pa.concat_tables(tables)
+
+
+def assert_db_matches(db: Path, catalog, series_ids) -> int:
+    """Every row in ``observations`` equals the simulator's data for ``series_ids``, and nothing else is there."""
+    got = db_observations(db)
+    want = truth_observations(catalog, series_ids)
+    assert got.num_rows == want.num_rows, f"{got.num_rows} rows in DuckDB, {want.num_rows} in the simulator"
+    for name in ("series_id", "date", "value"):
+        g, w = got.column(name).combine_chunks(), want.column(name).combine_chunks()
+        if not g.equals(w):
+            bad = next(i for i, (a, b) in enumerate(zip(g.to_pylist(), w.to_pylist())) if a != b)
+            raise AssertionError(f"column {name} differs first at row {bad}: "
+                                 f"{got.slice(bad, 1).to_pylist()} != {want.slice(bad, 1).to_pylist()}")
+    return got.num_rows
+
+
+def count(db: Path, sql: str):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
