@@ -21,18 +21,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
-from .batches import auto_batch_size, iter_batches
+from .batches import Batch, auto_batch_size, iter_batches
 from .catalog import Catalog, CatalogSpec, resolve
 from .checkpoints import checkpoint
 from .errors import BadApiKey, FatalRunError, UsageError
 from .fred import FredClient, RequestStats, new_session
 from .limiter import AdaptiveLimiter
 from .progress import NullProgress, Progress
-from .runners import RunJob, make_runner
 from .settings import Settings, default_staging_root
 from .stage import BatchManifest, RunStaging
+from .runners import RunJob, make_runner
 from .store import RunRecord, merge_run
 
 log = logging.getLogger("fredflow")
@@ -97,6 +97,148 @@ def check_dates(start: date | None, end: date | None) -> None:
         raise UsageError(f"--start {start} is after --end {end}")
 
 
+@dataclass(slots=True)
+class RunPlan:
+    """A run decided but not yet fetched: its id, its staging folder, its series and batch size.
+
+    Built in the process that will merge (the CLI's, or the Prefect flow's);
+    :meth:`batches` is the generator the runners fan out.
+    """
+
+    run_id: str
+    db: Path
+    staging: RunStaging
+    settings: Settings
+    runner: str
+    mode: str
+    series_ids: list[str]
+    fetch_metadata: bool
+    batch_size: int
+    start: date | None
+    end: date | None
+    parameters: dict[str, Any]
+    catalog_stats: RequestStats
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    clock: float = field(default_factory=time.perf_counter)
+
+    @property
+    def n_batches(self) -> int:
+        return math.ceil(len(self.series_ids) / self.batch_size) if self.series_ids else 0
+
+    @property
+    def job(self) -> RunJob:
+        return RunJob(self.run_id, self.staging.path.parent, self.settings)
+
+    def batches(self) -> Iterator[Batch]:
+        return iter_batches(self.series_ids, self.batch_size, start=self.start, end=self.end,
+                            fetch_metadata=self.fetch_metadata)
+
+
+def plan_run(
+    db: str | Path,
+    catalog: CatalogSpec,
+    *,
+    settings: Settings,
+    runner: str,
+    slots: int,
+    batch_size: int | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    staging_root: str | Path | None = None,
+    mode: str = "full",
+    runner_options: dict[str, Any] | None = None,
+) -> RunPlan:
+    """Check the input, create the run's staging folder, expand the catalog into series ids.
+
+    Raises :class:`UsageError` for bad input and :class:`FatalRunError` when the
+    run cannot start (key missing or refused, unknown release); nothing is left behind then.
+    """
+    check_dates(start, end)
+    if batch_size is not None and batch_size < 1:
+        raise UsageError("--batch-size must be a positive integer or 'auto'")
+    if not settings.api_key.get_secret_value():
+        raise BadApiKey("FRED api key not set: pass --api-key or set FRED_API_KEY "
+                        "(get one at https://fred.stlouisfed.org/docs/api/api_key.html)")
+    db_path = Path(db)
+    run_id = new_run_id()
+    parameters = {
+        "catalog": catalog.describe(), "runner": runner, "runner_options": runner_options or {},
+        "batch_size": batch_size or "auto", "start": start, "end": end, "mode": mode,
+        "settings": settings.public_dict(),
+    }
+    staging = RunStaging(Path(staging_root) if staging_root else default_staging_root(db_path), run_id)
+    try:
+        staging.create({"run_id": run_id, "db": str(db_path), **parameters})
+    except OSError as exc:
+        raise FatalRunError(f"cannot create staging folder {staging.path}: {exc.strerror or exc}") from None
+    catalog_stats = RequestStats()
+    try:
+        resolved = run_sync(lambda: _resolve_catalog(catalog, settings, catalog_stats))
+        if resolved.metadata is not None:
+            staging.write_catalog(resolved.metadata)
+    except BaseException:
+        staging.remove()
+        raise
+    size = batch_size or auto_batch_size(
+        len(resolved.series_ids), slots=slots, rate=settings.rate, runner=runner,
+        requests_per_series=1.0 if resolved.metadata is not None else 2.0,
+    )
+    plan = RunPlan(
+        run_id=run_id, db=db_path, staging=staging, settings=settings, runner=runner, mode=mode,
+        series_ids=resolved.series_ids, fetch_metadata=resolved.metadata is None, batch_size=size,
+        start=start, end=end, parameters=parameters, catalog_stats=catalog_stats,
+    )
+    log.info("run %s: %d series in %d batches of up to %d, runner %s",
+             run_id, len(plan.series_ids), plan.n_batches, size, runner)
+    return plan
+
+
+def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
+    """Merge every staged file of the run and its run record in ONE transaction, then drop the staging folder."""
+    summary = summarize(plan.run_id, manifests, plan.catalog_stats, time.perf_counter() - plan.clock,
+                        plan.runner, str(plan.db))
+    record = RunRecord(
+        run_id=plan.run_id, started_at=plan.started_at, finished_at=datetime.now(timezone.utc),
+        status=summary.status, runner=plan.runner, mode=plan.mode, n_series=summary.n_series,
+        n_failed=summary.n_failed, n_rows=summary.n_rows, requests=summary.requests, retries=summary.retries,
+        throttled=summary.throttled, seconds=summary.seconds, achieved_rps=summary.achieved_rps,
+        parameters=plan.parameters,
+    )
+    checkpoint("after-staging")
+    merge_run(plan.db, record, manifests, plan.staging.catalog_files)
+    plan.staging.remove()
+    return summary
+
+
+def abandon_run(plan: RunPlan) -> None:
+    """A fatal error: nothing is merged, nothing of the run is kept."""
+    plan.staging.remove()
+
+
+FanOut = Callable[[RunPlan, Progress], list[BatchManifest]]
+Merge = Callable[[RunPlan, list[BatchManifest]], RunSummary]
+
+
+def run_pipeline(make_plan: Callable[[], RunPlan], fan_out: FanOut, progress: Progress,
+                 merge: Merge = finish_run) -> RunSummary:
+    """The skeleton every runner shares: plan → fan the batches out → merge in one transaction.
+
+    Runners differ only in ``fan_out`` (how :func:`fredflow.fetch.fetch_batch`
+    is run over ``plan.batches()``) and, for Prefect, in wrapping ``merge`` as a task.
+    """
+    plan = make_plan()
+    try:
+        progress.start(len(plan.series_ids), plan.n_batches)
+        try:
+            manifests = fan_out(plan, progress)
+        finally:
+            progress.close()
+    except FatalRunError:
+        abandon_run(plan)
+        raise
+    return merge(plan, manifests)
+
+
 def ingest(
     db: str | Path,
     catalog: CatalogSpec,
@@ -113,65 +255,18 @@ def ingest(
 ) -> RunSummary:
     """Ingest a catalog of series into the DuckDB file ``db`` and return the run's summary.
 
-    Raises :class:`UsageError` for bad input and :class:`FatalRunError` when the
-    run cannot proceed (nothing is committed then).
+    ``runner`` is ``asyncio`` (this process, one event loop), ``thread`` or
+    ``dask`` (a Prefect flow fanning batches out with ``task.map``). Every
+    runner plans with :func:`plan_run`, runs :func:`fredflow.fetch.fetch_batch`
+    per batch and merges with :func:`finish_run`.
     """
     settings = settings or Settings.from_env()
-    progress = progress or NullProgress()
-    check_dates(start, end)
-    if batch_size is not None and batch_size < 1:
-        raise UsageError("--batch-size must be a positive integer or 'auto'")
-    if not settings.api_key.get_secret_value():
-        raise BadApiKey("FRED api key not set: pass --api-key or set FRED_API_KEY "
-                        "(get one at https://fred.stlouisfed.org/docs/api/api_key.html)")
-    db_path = Path(db)
     worker = make_runner(runner, **(runner_options or {}))
-    run_id = new_run_id()
-    started_at = datetime.now(timezone.utc)
-    clock = time.perf_counter()
-    parameters = {
-        "catalog": catalog.describe(), "runner": runner, "runner_options": runner_options or {},
-        "batch_size": batch_size or "auto", "start": start, "end": end, "mode": mode,
-        "settings": settings.public_dict(),
-    }
-    staging = RunStaging(Path(staging_root) if staging_root else default_staging_root(db_path), run_id)
-    try:
-        staging.create({"run_id": run_id, "db": str(db_path), **parameters})
-    except OSError as exc:
-        raise FatalRunError(f"cannot create staging folder {staging.path}: {exc.strerror or exc}") from None
-
-    catalog_stats = RequestStats()
-    try:
-        resolved = run_sync(lambda: _resolve_catalog(catalog, settings, catalog_stats))
-        if resolved.metadata is not None:
-            staging.write_catalog(resolved.metadata)
-        n_series = len(resolved.series_ids)
-        size = batch_size or auto_batch_size(n_series, slots=worker.slots, rate=settings.rate, runner=runner,
-                                             requests_per_series=1.0 if resolved.metadata is not None else 2.0)
-        n_batches = math.ceil(n_series / size) if n_series else 0
-        batches = iter_batches(resolved.series_ids, size, start=start, end=end,
-                               fetch_metadata=resolved.metadata is None)
-        log.info("run %s: %d series, %d batches of up to %d, runner %s", run_id, n_series, n_batches, size, runner)
-        progress.start(n_series, n_batches)
-        try:
-            manifests = worker.run(batches, n_batches, RunJob(run_id, staging.path.parent, settings), progress)
-        finally:
-            progress.close()
-    except FatalRunError:
-        staging.remove()
-        raise
-
-    summary = summarize(run_id, manifests, catalog_stats, time.perf_counter() - clock, runner, str(db_path))
-    record = RunRecord(
-        run_id=run_id, started_at=started_at, finished_at=datetime.now(timezone.utc), status=summary.status,
-        runner=runner, mode=mode, n_series=summary.n_series, n_failed=summary.n_failed, n_rows=summary.n_rows,
-        requests=summary.requests, retries=summary.retries, throttled=summary.throttled,
-        seconds=summary.seconds, achieved_rps=summary.achieved_rps, parameters=parameters,
+    return worker.execute(
+        lambda: plan_run(db, catalog, settings=settings, runner=runner, slots=worker.slots, batch_size=batch_size,
+                         start=start, end=end, staging_root=staging_root, mode=mode, runner_options=runner_options),
+        progress or NullProgress(),
     )
-    checkpoint("after-staging")
-    merge_run(db_path, record, manifests, staging.catalog_files)
-    staging.remove()
-    return summary
 
 
 def summarize(run_id: str, manifests: list[BatchManifest], catalog_stats: RequestStats, seconds: float,

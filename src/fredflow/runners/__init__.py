@@ -1,21 +1,22 @@
 """Runners: thin adapters that run the same :func:`fredflow.fetch.fetch_batch` over many batches.
 
-Every runner takes the lazily generated batches and returns their manifests;
-none of them merges, parses or talks to FRED itself. ``asyncio`` imports
-neither Prefect nor Dask.
+Every runner executes :func:`fredflow.pipeline.run_pipeline` (plan → fan out →
+merge) and supplies only the fan-out; none of them parses, stages, merges or
+talks to FRED itself. ``asyncio`` imports neither Prefect nor Dask.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-from ..batches import Batch
 from ..errors import UsageError
 from ..progress import Progress
 from ..settings import Settings
-from ..stage import BatchManifest
+
+if TYPE_CHECKING:
+    from ..pipeline import RunPlan, RunSummary
 
 RUNNER_NAMES = ("asyncio", "thread", "dask")
 
@@ -36,8 +37,8 @@ class Runner(Protocol):
     def slots(self) -> int:
         """How many batches run at once (sizes batches)."""
 
-    def run(self, batches: Iterator[Batch], n_batches: int, job: RunJob, progress: Progress) -> list[BatchManifest]:
-        """Run every batch; return their manifests. Raise the first fatal error."""
+    def execute(self, make_plan: Callable[[], "RunPlan"], progress: Progress) -> "RunSummary":
+        """Plan, run every batch, merge; return the summary. Raise the first fatal error."""
 
 
 def make_runner(name: str, **options) -> Runner:

@@ -30,8 +30,15 @@ class AsyncioRunner:
     def slots(self) -> int:
         return 4
 
-    def run(self, batches: Iterator[Batch], n_batches: int, job: RunJob, progress: Progress) -> list[BatchManifest]:
-        return asyncio.run(self._run(batches, job, progress))
+    def execute(self, make_plan, progress: Progress):
+        from ..pipeline import run_pipeline
+
+        return run_pipeline(make_plan, self.fan_out, progress)
+
+    def fan_out(self, plan, progress: Progress) -> list[BatchManifest]:
+        from ..pipeline import run_sync
+
+        return run_sync(lambda: self._run(plan.batches(), plan.job, progress))
 
     async def _run(self, batches: Iterator[Batch], job: RunJob, progress: Progress) -> list[BatchManifest]:
         settings = job.settings
