@@ -34,3 +34,17 @@ def settings_for():
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_prefect_home(tmp_path_factory):
+    """Prefect's files (its run database) go to a temporary PREFECT_HOME, never ~/.prefect."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    previous = os.environ.get("PREFECT_HOME")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.pop("PREFECT_API_URL", None)
+    yield home
+    if previous is None:
+        os.environ.pop("PREFECT_HOME", None)
+    else:
+        os.environ["PREFECT_HOME"] = previous

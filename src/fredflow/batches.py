@@ -65,8 +65,10 @@ def auto_batch_size(n_series: int, *, slots: int, rate: float, runner: str = "as
       ``slots`` concurrent tasks gets ``rate / slots`` requests/s, so the batch
       takes ``b · requests_per_series · slots / rate`` seconds. Asking that to be
       ≥ 20 × the runner's per-task overhead gives the lower bound.
-    * At least 4 batches per slot keep every worker busy through the tail.
-    The lower bound wins when the two disagree; the result is within [1, 500].
+    * Up to 4 batches per slot keep every worker busy through the tail.
+    The overhead bound wins when the two disagree, except that there are never
+    fewer batches than slots (an idle worker costs more than the overhead).
+    The result is within [1, 500].
     """
     if n_series <= 0:
         return 1
@@ -77,4 +79,5 @@ def auto_batch_size(n_series: int, *, slots: int, rate: float, runner: str = "as
     overhead = TASK_OVERHEAD_SECONDS.get(runner, 0.0)
     min_size = math.ceil(20 * overhead * rate / (slots * max(requests_per_series, 1e-9))) if overhead else 1
     tail_size = math.ceil(n_series / (4 * slots))
-    return max(1, min(MAX_BATCH_SIZE, max(min_size, tail_size)))
+    size = min(max(min_size, tail_size), math.ceil(n_series / slots))
+    return max(1, min(MAX_BATCH_SIZE, size))

@@ -7,6 +7,10 @@ dictionary lookup.
 
 Points: ``after-staging`` (every batch staged, merge not begun),
 ``merge-before-commit`` (inside the merge transaction, rows inserted, not committed).
+
+:func:`fail_once` is the same idea for task retries: with
+``FREDFLOW_FAIL_ONCE=<name>`` and ``FREDFLOW_FAIL_FILE=<path>``, the first
+process to reach that point creates the file and raises; later ones pass.
 """
 
 from __future__ import annotations
@@ -22,3 +26,18 @@ def checkpoint(name: str) -> None:
     Path(os.environ["FREDFLOW_PAUSE_FILE"]).write_text(name)
     while True:  # until killed
         time.sleep(3600)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by :func:`fail_once` (tests only)."""
+
+
+def fail_once(name: str) -> None:
+    if os.environ.get("FREDFLOW_FAIL_ONCE") != name:
+        return
+    try:
+        with open(os.environ["FREDFLOW_FAIL_FILE"], "x") as marker:  # atomic: exactly one failure
+            marker.write(name)
+    except FileExistsError:
+        return
+    raise InjectedFailure(f"injected failure at {name}")

@@ -81,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--db", type=Path, required=True, help="DuckDB file (created if missing)")
     _add_catalog_options(ingest)
     _add_api_options(ingest)
-    ingest.add_argument("--runner", choices=("asyncio", "thread", "dask"), default="asyncio")
+    ingest.add_argument("--runner", choices=("asyncio", "thread", "dask"), default="asyncio",
+                        help="asyncio: one event loop here (default); thread/dask: the Prefect flow fredflow-ingest")
+    ingest.add_argument("--workers", type=_positive_int, help="dask: worker processes of the local cluster (default 2)")
+    ingest.add_argument("--threads-per-worker", type=_positive_int, help="dask: threads per worker process (default 4)")
+    ingest.add_argument("--thread-slots", type=_positive_int, help="thread: batches run at once (default 8)")
+    ingest.add_argument("--dask-address", help="dask: use an existing cluster, e.g. tcp://10.0.0.5:8786")
     ingest.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
                         help="series per batch (default auto)")
     ingest.add_argument("--start", type=_date, help="first observation date, YYYY-MM-DD")
@@ -112,6 +117,16 @@ def _settings(args: argparse.Namespace):
         raise UsageError(str(exc).splitlines()[0]) from None
 
 
+def _runner_options(args: argparse.Namespace) -> dict:
+    options = {"workers": args.workers, "threads_per_worker": args.threads_per_worker,
+               "thread_slots": args.thread_slots, "dask_address": args.dask_address}
+    given = {k: v for k, v in options.items() if v is not None}
+    if given and args.runner == "asyncio":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UsageError(f"{flags} only apply to --runner thread or dask")
+    return given
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from .catalog import CatalogSpec
     from .pipeline import ingest
@@ -123,7 +138,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     try:
         summary = ingest(
-            args.db, spec, settings=_settings(args), runner=args.runner, batch_size=args.batch_size,
+            args.db, spec, settings=_settings(args), runner=args.runner, runner_options=_runner_options(args),
+            batch_size=args.batch_size,
             start=args.start, end=args.end, staging_root=args.staging_dir,
             progress=for_terminal(quiet=args.quiet or args.json and not sys.stderr.isatty()),
         )

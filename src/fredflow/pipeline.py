@@ -134,25 +134,32 @@ class RunPlan:
                             fetch_metadata=self.fetch_metadata)
 
 
-def plan_run(
-    db: str | Path,
-    catalog: CatalogSpec,
-    *,
-    settings: Settings,
-    runner: str,
-    slots: int,
-    batch_size: int | None = None,
-    start: date | None = None,
-    end: date | None = None,
-    staging_root: str | Path | None = None,
-    mode: str = "full",
-    runner_options: dict[str, Any] | None = None,
-) -> RunPlan:
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """Everything a run was asked to do, as plain data: what :func:`ingest` and the flows receive."""
+
+    db: Path
+    catalog: CatalogSpec
+    settings: Settings
+    runner: str = "asyncio"
+    runner_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    start: date | None = None
+    end: date | None = None
+    staging_root: Path | None = None
+    mode: str = "full"
+
+
+def plan_run(request: RunRequest, *, slots: int) -> RunPlan:
     """Check the input, create the run's staging folder, expand the catalog into series ids.
 
+    ``slots`` is how many batches the runner runs at once (it sizes ``auto`` batches).
     Raises :class:`UsageError` for bad input and :class:`FatalRunError` when the
     run cannot start (key missing or refused, unknown release); nothing is left behind then.
     """
+    db, catalog, settings, runner = request.db, request.catalog, request.settings, request.runner
+    start, end, batch_size, mode = request.start, request.end, request.batch_size, request.mode
+    staging_root, runner_options = request.staging_root, request.runner_options
     check_dates(start, end)
     if batch_size is not None and batch_size < 1:
         raise UsageError("--batch-size must be a positive integer or 'auto'")
@@ -256,17 +263,19 @@ def ingest(
     """Ingest a catalog of series into the DuckDB file ``db`` and return the run's summary.
 
     ``runner`` is ``asyncio`` (this process, one event loop), ``thread`` or
-    ``dask`` (a Prefect flow fanning batches out with ``task.map``). Every
-    runner plans with :func:`plan_run`, runs :func:`fredflow.fetch.fetch_batch`
-    per batch and merges with :func:`finish_run`.
+    ``dask`` (the Prefect flow ``fredflow-ingest`` fanning batches out with
+    ``task.map``; ``runner_options``: ``workers``, ``threads_per_worker``,
+    ``dask_address``). Every runner plans with :func:`plan_run`, runs
+    :func:`fredflow.fetch.fetch_batch` per batch and merges with :func:`finish_run`.
     """
-    settings = settings or Settings.from_env()
-    worker = make_runner(runner, **(runner_options or {}))
-    return worker.execute(
-        lambda: plan_run(db, catalog, settings=settings, runner=runner, slots=worker.slots, batch_size=batch_size,
-                         start=start, end=end, staging_root=staging_root, mode=mode, runner_options=runner_options),
-        progress or NullProgress(),
+    request = RunRequest(
+        db=Path(db), catalog=catalog, settings=settings or Settings.from_env(), runner=runner,
+        runner_options=dict(runner_options or {}), batch_size=batch_size, start=start, end=end,
+        staging_root=Path(staging_root) if staging_root else None, mode=mode,
     )
+    check_dates(start, end)
+    worker = make_runner(runner, **request.runner_options)
+    return worker.execute(request, progress or NullProgress())
 
 
 def summarize(run_id: str, manifests: list[BatchManifest], catalog_stats: RequestStats, seconds: float,

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import UsageError
 from ..progress import Progress
 from ..settings import Settings
 
 if TYPE_CHECKING:
-    from ..pipeline import RunPlan, RunSummary
+    from ..pipeline import RunRequest, RunSummary
 
 RUNNER_NAMES = ("asyncio", "thread", "dask")
 
@@ -37,7 +37,7 @@ class Runner(Protocol):
     def slots(self) -> int:
         """How many batches run at once (sizes batches)."""
 
-    def execute(self, make_plan: Callable[[], "RunPlan"], progress: Progress) -> "RunSummary":
+    def execute(self, request: "RunRequest", progress: Progress) -> "RunSummary":
         """Plan, run every batch, merge; return the summary. Raise the first fatal error."""
 
 
@@ -45,7 +45,9 @@ def make_runner(name: str, **options) -> Runner:
     if name == "asyncio":
         from .asyncio_runner import AsyncioRunner
 
-        return AsyncioRunner(**options)
+        if options:
+            raise UsageError(f"runner options {sorted(options)} do not apply to the asyncio runner")
+        return AsyncioRunner()
     if name in ("thread", "dask"):
         try:
             from .prefect_runner import make_prefect_runner

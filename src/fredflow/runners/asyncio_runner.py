@@ -30,10 +30,10 @@ class AsyncioRunner:
     def slots(self) -> int:
         return 4
 
-    def execute(self, make_plan, progress: Progress):
-        from ..pipeline import run_pipeline
+    def execute(self, request, progress: Progress):
+        from ..pipeline import plan_run, run_pipeline
 
-        return run_pipeline(make_plan, self.fan_out, progress)
+        return run_pipeline(lambda: plan_run(request, slots=self.slots), self.fan_out, progress)
 
     def fan_out(self, plan, progress: Progress) -> list[BatchManifest]:
         from ..pipeline import run_sync
