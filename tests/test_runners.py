@@ -130,6 +130,7 @@ def test_asyncio_runner_imports_neither_prefect_nor_dask(runner_sim, tmp_path):
 
 def test_runs_appear_on_the_configured_prefect_server(tmp_path, runner_sim, settings_for, monkeypatch):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from fredflow.runners.prefect_runner import prefect_api
@@ -142,16 +143,50 @@ def test_runs_appear_on_the_configured_prefect_server(tmp_path, runner_sim, sett
                              runner_options={"workers": 2, "threads_per_worker": 1}, batch_size=3)
             assert summary.exit_code == 0
             with get_client(sync_client=True) as client:
-                flow_runs = client.read_flow_runs()
+                # explicit limit/sort: prefect 3.8.8's client sends null defaults its server rejects (422)
+                flow_runs = client.read_flow_runs(limit=50, sort=FlowRunSort.START_TIME_DESC)
                 ingest_runs = [r for r in flow_runs if r.name == "ingest-dask"]
                 assert ingest_runs and ingest_runs[0].state.is_completed()
                 params = ingest_runs[0].parameters
                 assert DEMO_API_KEY not in repr(params)
                 deadline = time.monotonic() + 30
                 while True:  # task-run states arrive as events, asynchronously
-                    task_runs = client.read_task_runs()
+                    task_runs = client.read_task_runs(limit=200, sort=TaskRunSort.EXPECTED_START_TIME_DESC)
                     names = sorted(t.name for t in task_runs if t.flow_run_id == ingest_runs[0].id)
                     if len([n for n in names if n.startswith("batch-")]) == 4 or time.monotonic() > deadline:
                         break
                     time.sleep(1)
                 assert [n for n in names if n.startswith("batch-")] == ["batch-0", "batch-1", "batch-2", "batch-3"]
+
+
+def test_prefect_yaml_deployments_load_and_validate():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    from conftest import REPO
+
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in config["deployments"]}
+    assert set(deployments) == {"daily-incremental", "backfill"}
+    assert deployments["daily-incremental"]["schedules"][0] == {"cron": "0 6 * * *", "timezone": "America/Chicago"}
+    names = {}
+    for deployment in deployments.values():
+        flow = load_flow_from_entrypoint(deployment["entrypoint"])
+        names[deployment["name"]] = flow.name
+        validated = flow.validate_parameters(deployment["parameters"])  # raises on a wrong name or type
+        assert validated["db"] == "data/fred.duckdb"
+        assert "api_key" not in deployment["parameters"]
+    assert names == {"daily-incremental": "fredflow-ingest", "backfill": "fredflow-backfill"}
+
+
+def test_backfill_windows_are_contiguous_and_disjoint():
+    from datetime import date, timedelta
+
+    from fredflow.runners.prefect_runner import windows
+
+    cuts = windows(date(1947, 1, 1), date(2026, 11, 20), 10)
+    assert cuts[0][0] == date(1947, 1, 1) and cuts[-1][1] == date(2026, 11, 20)
+    for (_, end), (start, _) in zip(cuts, cuts[1:]):
+        assert start == end + timedelta(days=1)
+    assert cuts[0] == (date(1947, 1, 1), date(1956, 12, 31))
+    assert windows(date(2020, 2, 29), date(2031, 1, 1), 5)[0] == (date(2020, 2, 29), date(2025, 2, 27))

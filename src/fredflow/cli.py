@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true", help="print exactly one JSON object with the summary")
     ingest.add_argument("--quiet", action="store_true", help="no progress display")
 
+    serve = commands.add_parser("serve", help="serve the daily ingest deployment on a schedule (Prefect flow.serve)")
+    serve.add_argument("--db", type=Path, required=True, help="DuckDB file the scheduled runs ingest into")
+    _add_catalog_options(serve)
+    serve.add_argument("--api-url", help="FRED API base URL (env FRED_API_URL); the key comes from FRED_API_KEY")
+    serve.add_argument("--rate", type=_positive_float, help="requests per second for each run (default 2)")
+    serve.add_argument("--concurrency", type=_positive_int, help="requests in flight for each run (default 8)")
+    serve.add_argument("--runner", choices=("thread", "dask"), default="dask")
+    serve.add_argument("--workers", type=_positive_int, default=2)
+    serve.add_argument("--threads-per-worker", type=_positive_int, default=4)
+    serve.add_argument("--cron", default="0 6 * * *", help="schedule (default 06:00 every day)")
+    serve.add_argument("--timezone", default="America/Chicago", help="schedule time zone (default America/Chicago)")
+    serve.add_argument("--name", default="daily-incremental", help="deployment name")
+
     runs = commands.add_parser("runs", help="list recent runs recorded in the database")
     runs.add_argument("--db", type=Path, required=True)
     runs.add_argument("--limit", type=_positive_int, default=20)
@@ -159,6 +172,32 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve ``fredflow-ingest`` on a cron schedule until interrupted (for users without a work pool)."""
+    import os
+
+    if not os.environ.get("FRED_API_KEY"):
+        raise UsageError("set FRED_API_KEY in the environment of 'fredflow serve': scheduled runs read it from there")
+    from prefect.schedules import Cron
+
+    from .runners.prefect_runner import ingest_flow, prefect_api
+
+    parameters = {
+        "db": str(args.db.resolve()), "series": args.series.split(",") if args.series else None,
+        "series_file": str(args.series_file.resolve()) if args.series_file else None,
+        "release": args.release, "category": args.category, "runner": args.runner,
+        "workers": args.workers, "threads_per_worker": args.threads_per_worker,
+        "settings": {k: v for k, v in {"api_url": args.api_url, "rate": args.rate,
+                                         "concurrency": args.concurrency}.items() if v is not None},
+    }
+    with prefect_api() as api_url:
+        log.info("serving deployment %r (%s %s) against the Prefect API at %s; Ctrl-C stops",
+                 args.name, args.cron, args.timezone, api_url)
+        ingest_flow.serve(name=args.name, schedules=[Cron(args.cron, timezone=args.timezone)],
+                          parameters={k: v for k, v in parameters.items() if v is not None})
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from .store import recent_runs
 
@@ -193,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "asyncio", "distributed", "prefect"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return {"ingest": cmd_ingest, "runs": cmd_runs}[args.command](args)
+        return {"ingest": cmd_ingest, "runs": cmd_runs, "serve": cmd_serve}[args.command](args)
     except UsageError as exc:
         sys.stderr.write(f"fredflow: error: {exc}\n")
         return EXIT_USAGE
