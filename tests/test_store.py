@@ -31,7 +31,7 @@ def _meta(series_id: str, title: str) -> pa.Table:
 def _record(run_id: str, **overrides) -> RunRecord:
     now = datetime.now(timezone.utc)
     values = dict(run_id=run_id, started_at=now, finished_at=now, status="succeeded", runner="asyncio", mode="full",
-                  n_series=2, n_failed=0, n_rows=0, requests=4, retries=0, throttled=0, seconds=1.0, achieved_rps=4.0,
+                  n_series=2, n_failed=0, n_rows=0, requests=4, retries=0, throttled=0, seconds=1.0, achieved_rps=4.0, utilization=1.0,
                   parameters={"settings": {"rate": 2}})
     values.update(overrides)
     return RunRecord(**values)

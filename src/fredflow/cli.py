@@ -165,7 +165,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     else:
         print(f"run {summary.run_id} {summary.status}: {summary.n_series} series, {summary.n_rows:,} rows, "
               f"{summary.n_failed} failed, {summary.requests} requests ({summary.retries} retries, "
-              f"{summary.throttled} throttled) in {summary.seconds:.1f}s, {summary.achieved_rps:.1f} req/s")
+              f"{summary.throttled} throttled) in {summary.seconds:.1f}s; fetch at {summary.achieved_rps:.1f} req/s "
+              f"= {summary.utilization:.0%} of --rate")
         if summary.failed:
             shown = ", ".join(summary.failed[:10]) + (" …" if len(summary.failed) > 10 else "")
             print(f"failed series: {shown} (details: SELECT * FROM ingest_failures WHERE run_id = '{summary.run_id}')")
@@ -211,11 +212,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table("run_id", "started", "status", "runner", "series", "failed", "rows", "requests", "retries",
-                  "429s", "seconds", "req/s")
+                  "429s", "seconds", "req/s", "util")
     for r in rows:
         table.add_row(r["run_id"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}", r["status"], r["runner"],
                       str(r["n_series"]), str(r["n_failed"]), f"{r['n_rows']:,}", str(r["requests"]),
-                      str(r["retries"]), str(r["throttled"]), f"{r['seconds']:.1f}", f"{r['achieved_rps']:.1f}")
+                      str(r["retries"]), str(r["throttled"]), f"{r['seconds']:.1f}", f"{r['achieved_rps']:.1f}",
+                      f"{r['utilization'] or 0:.0%}")
     Console().print(table)
     return 0
 

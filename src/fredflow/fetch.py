@@ -19,7 +19,8 @@ import aiohttp
 from .batches import Batch
 from .errors import FatalRunError, FredError
 from .fred import FredClient, RequestStats, new_session
-from .limiter import AdaptiveLimiter
+from .limiter import AdaptiveLimiter, Limiter
+from .quota import RemoteLimiter
 from .settings import Settings
 from .stage import BatchManifest, RunStaging, SeriesFailure
 
@@ -33,17 +34,31 @@ class FetchContext:
     """
 
     settings: Settings
-    limiter: AdaptiveLimiter
+    limiter: Limiter
     semaphore: asyncio.Semaphore
     session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def local(cls, settings: Settings, *, rate: float | None = None, concurrency: int | None = None) -> "FetchContext":
+    def local(cls, settings: Settings, *, concurrency: int | None = None) -> "FetchContext":
+        """Pacing for everything on this event loop: the run's whole rate (the asyncio runner)."""
         return cls(
             settings=settings,
-            limiter=AdaptiveLimiter(rate or settings.rate, settings.burst),
+            limiter=AdaptiveLimiter(settings.rate, settings.burst),
             semaphore=asyncio.Semaphore(concurrency or settings.concurrency),
         )
+
+    @classmethod
+    def for_task(cls, settings: Settings, quota_url: str, *, concurrency: int) -> "FetchContext":
+        """Pacing for one task among many: send times leased from the run's TokenService."""
+        return cls(
+            settings=settings,
+            limiter=RemoteLimiter(quota_url, settings.rate, settings.burst),
+            semaphore=asyncio.Semaphore(concurrency),
+        )
+
+    async def aclose(self) -> None:
+        if isinstance(self.limiter, RemoteLimiter):
+            await self.limiter.close()
 
 
 async def _fetch_series(client: FredClient, batch: Batch, series_id: str):
@@ -89,20 +104,10 @@ async def fetch_batch(batch: Batch, staging: RunStaging, ctx: FetchContext) -> B
         if own_session:
             await session.close()
     manifest.requests, manifest.retries, manifest.throttled = stats.requests, stats.retries, stats.throttled
+    manifest.first_request_at, manifest.last_request_at = stats.first_request_at, stats.last_request_at
     manifest.seconds = round(time.perf_counter() - started, 6)
     # Staged in completion order; store them in batch order so reruns are reproducible.
     order = {sid: i for i, sid in enumerate(batch.series_ids)}
     manifest.succeeded.sort(key=order.__getitem__)
     manifest.failures.sort(key=lambda f: order[f.series_id])
     return writer.finish(manifest)
-
-
-def fetch_batch_sync(batch: Batch, staging_root: str | Path, run_id: str, settings: Settings,
-                     *, rate: float | None = None, concurrency: int | None = None) -> BatchManifest:
-    """Run :func:`fetch_batch` on a fresh event loop with its own session and limiter (one per task)."""
-
-    async def main() -> BatchManifest:
-        return await fetch_batch(batch, RunStaging(Path(staging_root), run_id),
-                                 FetchContext.local(settings, rate=rate, concurrency=concurrency))
-
-    return asyncio.run(main())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Callable, TypeVar
@@ -34,7 +35,7 @@ from .errors import (
     SeriesNotFound,
     TransientError,
 )
-from .limiter import AdaptiveLimiter
+from .limiter import Limiter
 from .parse import OBSERVATION_SCHEMA, Page, ResponseFormatError, concat, decode, parse_observations, parse_series_list
 from .settings import Settings
 
@@ -50,11 +51,15 @@ class RequestStats:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
+    first_request_at: float | None = None  # wall clock (time.time()) of the first and last send
+    last_request_at: float | None = None
 
-    def add(self, other: "RequestStats") -> None:
-        self.requests += other.requests
-        self.retries += other.retries
-        self.throttled += other.throttled
+    def sent(self) -> None:
+        now = time.time()
+        self.requests += 1
+        if self.first_request_at is None:
+            self.first_request_at = now
+        self.last_request_at = now
 
 
 def _error_message(body: bytes) -> str:
@@ -104,7 +109,7 @@ class FredClient:
         self,
         session: aiohttp.ClientSession,
         settings: Settings,
-        limiter: AdaptiveLimiter,
+        limiter: Limiter,
         *,
         stats: RequestStats | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
@@ -122,7 +127,7 @@ class FredClient:
         query["api_key"] = self._settings.api_key.get_secret_value()
         query["file_type"] = "json"
         await self._limiter.acquire()
-        self.stats.requests += 1
+        self.stats.sent()
         try:
             async with self._session.get(f"{self._settings.base_url}/{endpoint}", params=query) as response:
                 body = await response.read()

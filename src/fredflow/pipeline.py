@@ -56,6 +56,7 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)
     throttled: int = 0
     achieved_rps: float = 0.0
+    utilization: float = 0.0
     runner: str = "asyncio"
     db: str = ""
 
@@ -68,7 +69,8 @@ class RunSummary:
             "run_id": self.run_id, "status": self.status, "n_series": self.n_series, "n_failed": self.n_failed,
             "n_rows": self.n_rows, "seconds": round(self.seconds, 3), "requests": self.requests,
             "retries": self.retries, "failed": self.failed, "throttled": self.throttled,
-            "achieved_rps": round(self.achieved_rps, 3), "runner": self.runner, "db": self.db,
+            "achieved_rps": round(self.achieved_rps, 3), "utilization": round(self.utilization, 4),
+            "runner": self.runner, "db": self.db,
         }
 
 
@@ -203,13 +205,13 @@ def plan_run(request: RunRequest, *, slots: int) -> RunPlan:
 def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
     """Merge every staged file of the run and its run record in ONE transaction, then drop the staging folder."""
     summary = summarize(plan.run_id, manifests, plan.catalog_stats, time.perf_counter() - plan.clock,
-                        plan.runner, str(plan.db))
+                        plan.runner, str(plan.db), rate=plan.settings.rate)
     record = RunRecord(
         run_id=plan.run_id, started_at=plan.started_at, finished_at=datetime.now(timezone.utc),
         status=summary.status, runner=plan.runner, mode=plan.mode, n_series=summary.n_series,
         n_failed=summary.n_failed, n_rows=summary.n_rows, requests=summary.requests, retries=summary.retries,
         throttled=summary.throttled, seconds=summary.seconds, achieved_rps=summary.achieved_rps,
-        parameters=plan.parameters,
+        utilization=summary.utilization, parameters=plan.parameters,
     )
     checkpoint("after-staging")
     merge_run(plan.db, record, manifests, plan.staging.catalog_files)
@@ -279,22 +281,29 @@ def ingest(
 
 
 def summarize(run_id: str, manifests: list[BatchManifest], catalog_stats: RequestStats, seconds: float,
-              runner: str, db: str) -> RunSummary:
-    requests = catalog_stats.requests + sum(m.requests for m in manifests)
+              runner: str, db: str, *, rate: float) -> RunSummary:
+    """Totals of a run. ``achieved_rps`` is measured over the fetch phase only (first to last
+    request of the batches), so planning and merging do not dilute it; ``utilization`` = achieved ÷ rate."""
+    fetch_requests = sum(m.requests for m in manifests)
+    firsts = [m.first_request_at for m in manifests if m.first_request_at is not None]
+    lasts = [m.last_request_at for m in manifests if m.last_request_at is not None]
+    span = max(lasts) - min(firsts) if firsts and lasts else 0.0
+    # n requests spread over a span fill n-1 intervals of the schedule
+    achieved = (fetch_requests - 1) / span if span > 0 and fetch_requests > 1 else 0.0
     failed = [f.series_id for m in manifests for f in m.failures]
-    n_series = sum(m.n_series for m in manifests)
     return RunSummary(
         run_id=run_id,
         status="succeeded" if not failed else "partial",
-        n_series=n_series,
+        n_series=sum(m.n_series for m in manifests),
         n_failed=len(failed),
         n_rows=sum(m.rows for m in manifests),
         seconds=seconds,
-        requests=requests,
+        requests=catalog_stats.requests + fetch_requests,
         retries=catalog_stats.retries + sum(m.retries for m in manifests),
         failed=failed,
         throttled=catalog_stats.throttled + sum(m.throttled for m in manifests),
-        achieved_rps=requests / seconds if seconds > 0 else 0.0,
+        achieved_rps=achieved,
+        utilization=achieved / rate if rate else 0.0,
         runner=runner,
         db=db,
     )

@@ -54,6 +54,8 @@ class BatchManifest:
     retries: int = 0
     throttled: int = 0
     seconds: float = 0.0
+    first_request_at: float | None = None
+    last_request_at: float | None = None
 
     @property
     def n_series(self) -> int:

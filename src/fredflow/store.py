@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS ingest_runs (
     throttled    BIGINT,
     seconds      DOUBLE,
     achieved_rps DOUBLE,
+    utilization  DOUBLE,
     parameters   JSON
 );
 CREATE TABLE IF NOT EXISTS ingest_failures (
@@ -97,6 +98,7 @@ class RunRecord:
     throttled: int
     seconds: float
     achieved_rps: float
+    utilization: float
     parameters: dict[str, Any]
 
 

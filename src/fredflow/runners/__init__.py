@@ -28,6 +28,7 @@ class RunJob:
     run_id: str
     staging_root: Path
     settings: Settings
+    quota_url: str | None = None  # the run's TokenService, when batches run in other threads/processes
 
 
 class Runner(Protocol):

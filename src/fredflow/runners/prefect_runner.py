@@ -34,6 +34,7 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import contextvars  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -56,6 +57,7 @@ from ..errors import FatalRunError, UsageError  # noqa: E402
 from ..fetch import FetchContext, fetch_batch  # noqa: E402
 from ..pipeline import RunPlan, RunRequest, RunSummary, finish_run, plan_run, run_pipeline  # noqa: E402
 from ..progress import Progress  # noqa: E402
+from ..quota import TokenService, reachable_host  # noqa: E402
 from ..settings import Settings  # noqa: E402
 from ..stage import BatchManifest, RunStaging  # noqa: E402
 from . import RunJob  # noqa: E402
@@ -175,11 +177,15 @@ def plan_task(request: RunRequest, slots: int) -> RunPlan:
 
 @task(name="fetch-batch", task_run_name="batch-{batch.index}", cache_policy=NO_CACHE,
       retries=2, retry_delay_seconds=2, retry_jitter_factor=0.5, retry_condition_fn=_retry_unless_fatal)
-async def fetch_batch_task(batch: Batch, job: RunJob, rate: float, concurrency: int) -> BatchManifest:
-    """One batch on the worker's own event loop, with its own session and limiter."""
+async def fetch_batch_task(batch: Batch, job: RunJob, concurrency: int) -> BatchManifest:
+    """One batch on the worker's own event loop, with its own session; its requests are paced by
+    send times leased from the run's TokenService (``job.quota_url``), so the rate holds run-wide."""
     fail_once("fetch-batch-task")
-    ctx = FetchContext.local(job.settings, rate=rate, concurrency=concurrency)
-    return await fetch_batch(batch, RunStaging(job.staging_root, job.run_id), ctx)
+    ctx = FetchContext.for_task(job.settings, job.quota_url, concurrency=concurrency)
+    try:
+        return await fetch_batch(batch, RunStaging(job.staging_root, job.run_id), ctx)
+    finally:
+        await ctx.aclose()
 
 
 @task(name="merge-run", cache_policy=NO_CACHE)
@@ -238,20 +244,21 @@ class _RunLoggerProgress:
         pass
 
 
-def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int) -> list[BatchManifest]:
+def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quota_host: str) -> list[BatchManifest]:
     """``fetch_batch_task.map(batches)`` on ``task_runner``; manifests in batch order.
 
-    The run's rate and concurrency are split evenly over the ``slots`` tasks
-    that run at once, so the run as a whole stays within them.
+    One :class:`~fredflow.quota.TokenService` in this process paces every task
+    (the run's rate holds across threads, processes and machines); the run's
+    concurrency is split over the ``slots`` tasks that run at once.
     """
     settings = plan.settings
-    rate = settings.rate / slots
     concurrency = max(1, math.ceil(settings.concurrency / slots))
     flow_context = FlowRunContext.get()
     manifests: list[BatchManifest] = []
-    with task_runner as active, flow_context.model_copy(update={"task_runner": active}):
-        futures = fetch_batch_task.map(plan.batches(), job=unmapped(plan.job), rate=unmapped(rate),
-                                       concurrency=unmapped(concurrency))
+    with TokenService(settings.rate, settings.burst, host=quota_host) as quota, \
+            task_runner as active, flow_context.model_copy(update={"task_runner": active}):
+        job = dataclasses.replace(plan.job, quota_url=quota.url)
+        futures = fetch_batch_task.map(plan.batches(), job=unmapped(job), concurrency=unmapped(concurrency))
         try:
             for future in as_completed(futures):
                 manifest = future.result()
@@ -321,7 +328,8 @@ def ingest_flow(
                                   dask_address=dask_address)
     summary = run_pipeline(
         lambda: plan_task(request, slots),
-        lambda plan, progress: _fan_out(plan, progress, task_runner=task_runner, slots=slots),
+        lambda plan, progress: _fan_out(plan, progress, task_runner=task_runner, slots=slots,
+                                        quota_host=reachable_host(dask_address)),
         _current_progress(),
         merge=merge_task,
     )
