@@ -12,9 +12,10 @@ burst 2) and counts what it admitted per second:
 * ``over-limit``: --rate is 25% above the server's real R (a key shared with another job).
   Target: every series lands, at >= 0.85 of the server's real limit.
 
-Utilization = requests the server admitted / (R x seconds of the fetch phase), where
-the fetch phase runs from the first to the last whole second in which the server
-admitted anything (the two partial edge seconds are left out).
+Utilization = requests the server admitted / (R x seconds of the fetch phase). The
+fetch phase is the run of consecutive seconds in which the server admitted requests
+(the catalog listing, sent before a Dask cluster has started, stands apart and is
+left out), minus its first and last second, which are partial.
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ RUNNERS = {
 }
 
 
+def fetch_phase(admitted: list[int]) -> list[int]:
+    """The longest run of consecutive seconds with admitted requests, without its two partial edges."""
+    best: list[int] = []
+    current: list[int] = []
+    for count in admitted + [0]:
+        if count:
+            current.append(count)
+        else:
+            if len(current) > len(best):
+                best = current
+            current = []
+    return best[1:-1] if len(best) > 2 else best
+
+
 def measure(runner: str, *, n_series: int, server_rate: float, client_rate: float, workdir: Path) -> dict:
     burst = 2
     with SimProcess(n_series=n_series, seed=20, rate=server_rate, burst=burst, obs_per_series=100,
@@ -50,8 +65,7 @@ def measure(runner: str, *, n_series: int, server_rate: float, client_rate: floa
         wall = time.perf_counter() - started
         stats = sim.stats()
     admitted = stats["admitted_per_second"]
-    busy = [i for i, n in enumerate(admitted) if n]
-    inner = admitted[busy[0] + 1: busy[-1]] if len(busy) > 2 else admitted
+    inner = fetch_phase(admitted)
     utilization = sum(inner) / (len(inner) * server_rate) if inner else 0.0
     return {
         "runner": runner, "n_series": n_series, "server_rate": server_rate, "server_burst": burst,
@@ -71,12 +85,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="the server's real limit R (req/s)")
     parser.add_argument("--quick", action="store_true", help="200 series")
     parser.add_argument("--runners", default="asyncio,thread,dask")
+    parser.add_argument("--cases", default="at-limit,over-limit")
     args = parser.parse_args()
     n_series = 200 if args.quick else args.series
     workdir = Path("data/bench-rate-limit")
     workdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for case, client_rate in (("at-limit", args.rate), ("over-limit", args.rate * 1.25)):
+    cases = {"at-limit": args.rate, "over-limit": args.rate * 1.25}
+    for case in args.cases.split(","):
+        client_rate = cases[case]
         for runner in args.runners.split(","):
             row = {"case": case, **measure(runner, n_series=n_series, server_rate=args.rate,
                                             client_rate=client_rate, workdir=workdir)}

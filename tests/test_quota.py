@@ -42,9 +42,12 @@ def test_schedule_spacing_and_burst_with_a_controlled_clock():
     assert later[:3] == [0, 0, 0] and later[3] == pytest.approx(interval)
 
 
-def test_a_lease_never_covers_more_than_a_quarter_second():
+def test_the_schedule_is_never_handed_out_beyond_its_horizon():
     service = TokenService(rate=20, burst=1)
-    assert len(service.lease(100, now=0.0)) == 5  # 20 req/s x 0.25 s
+    assert len(service.lease(100, now=0.0)) == 5  # 20 req/s x 0.25 s, for every task together
+    assert service.lease(3, now=0.0) == []  # full: come back later
+    assert service.retry_in(now=0.0) == pytest.approx(5 / (20 * (1 - JITTER_MARGIN)) - 0.25)
+    assert len(service.lease(3, now=0.2)) >= 1
 
 
 def test_throttle_pauses_and_slows_the_whole_schedule_then_recovers():
@@ -145,3 +148,18 @@ async def test_remote_limiter_reports_429_and_next_slots_come_after_the_pause():
         await limiter.close()
         assert service.stats()["throttled"] == 1 and service.policy.episodes == 1
         assert waited >= 0.2  # paused (MIN_PAUSE_S), not sent straight away
+
+
+def test_late_reports_of_429s_sent_before_the_cut_do_not_cut_again():
+    service = TokenService(rate=20, burst=1)
+    service.lease(2, now=0.0)
+    epoch_before = service.epoch
+    service.lease(1, throttled=[epoch_before], now=0.1)
+    cut_once = service.policy.rate
+    assert service.epoch == epoch_before + 1
+    # long after the pause, another task reports 429s of slots it was given before the cut
+    service.lease(1, throttled=[epoch_before, epoch_before], now=5.0)
+    assert service.policy.rate >= cut_once and service.epoch == epoch_before + 1
+    # a 429 on a slot from the new epoch is new evidence: the rate is cut again
+    service.lease(1, throttled=[service.epoch], now=6.0)
+    assert service.epoch == epoch_before + 2

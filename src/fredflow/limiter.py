@@ -72,7 +72,7 @@ class AimdPolicy:
             return False
         self.episodes += 1
         refill = self.burst / self.rate
-        recent = now - self.paused_until < 10 * refill
+        recent = now - self.paused_until < 2 * refill
         self.rate = max(self.min_rate, self.rate * (DECREASE_AGAIN if recent else DECREASE))
         self._last_change = now
         self._pause = min(MAX_PAUSE_S, self._pause * 2) if recent and self._pause else max(MIN_PAUSE_S, refill)

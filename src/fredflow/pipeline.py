@@ -33,7 +33,7 @@ from .progress import NullProgress, Progress
 from .settings import Settings, default_staging_root
 from .stage import BatchManifest, RunStaging
 from .runners import RunJob, make_runner
-from .store import RunRecord, merge_run
+from .store import RunRecord, merge_run, run_lock
 
 log = logging.getLogger("fredflow")
 T = TypeVar("T")
@@ -179,7 +179,8 @@ def plan_run(request: RunRequest, *, slots: int) -> RunPlan:
     try:
         staging.create({"run_id": run_id, "db": str(db_path), **parameters})
     except OSError as exc:
-        raise FatalRunError(f"cannot create staging folder {staging.path}: {exc.strerror or exc}") from None
+        raise FatalRunError(f"cannot create staging folder {staging.path}: {exc.strerror or exc}; "
+                            "choose a writable one with --staging-dir") from None
     catalog_stats = RequestStats()
     try:
         resolved = run_sync(lambda: _resolve_catalog(catalog, settings, catalog_stats))
@@ -234,18 +235,21 @@ def run_pipeline(make_plan: Callable[[], RunPlan], fan_out: FanOut, progress: Pr
 
     Runners differ only in ``fan_out`` (how :func:`fredflow.fetch.fetch_batch`
     is run over ``plan.batches()``) and, for Prefect, in wrapping ``merge`` as a task.
+    The database's run lock (:func:`fredflow.store.run_lock`) is held from the
+    fan-out to the end of the merge, in the process that merges.
     """
     plan = make_plan()
     try:
-        progress.start(len(plan.series_ids), plan.n_batches)
-        try:
-            manifests = fan_out(plan, progress)
-        finally:
-            progress.close()
+        with run_lock(plan.db):  # one run at a time per database: a second one fails here, before fetching
+            progress.start(len(plan.series_ids), plan.n_batches)
+            try:
+                manifests = fan_out(plan, progress)
+            finally:
+                progress.close()
+            return merge(plan, manifests)
     except FatalRunError:
         abandon_run(plan)
         raise
-    return merge(plan, manifests)
 
 
 def ingest(

@@ -19,6 +19,7 @@ whole schedule; successes let it recover (AIMD, see :mod:`fredflow.limiter`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import socket
 import threading
@@ -34,9 +35,10 @@ from aiolimiter import AsyncLimiter
 
 from .limiter import AimdPolicy
 
-#: A lease never covers more than this many seconds of the schedule: slots
-#: granted before a 429 cut the rate are bounded by it.
-MAX_LEASE_SECONDS = 0.25
+#: The schedule is never handed out more than this far ahead of "now", over
+#: all tasks together: slots granted before a 429 cut the rate (and that go on
+#: at the old pace) are bounded by it.
+HORIZON_SECONDS = 0.25
 
 #: Slots are spaced for (1 - margin) × rate. Tasks wake up for their slots a
 #: few milliseconds late, unevenly (busy event loops, the GIL), so two sends can
@@ -49,10 +51,16 @@ JITTER_MARGIN = 0.04
 class TokenService:
     """The run's send schedule, served over HTTP (``POST /lease``, ``GET /stats``).
 
-    ``POST /lease`` with ``{"n": k, "ok": s, "throttled": t}`` reports ``s``
-    successes and ``t`` 429s since the caller's last lease and returns
-    ``{"delays": [...]}``: for each of up to ``k`` requests, in seconds from
-    now, when it may be sent.
+    ``POST /lease`` with ``{"n": k, "ok": s, "throttled": [e, …]}`` reports
+    ``s`` successes and one entry per 429 since the caller's last lease, and
+    returns ``{"delays": [...], "epoch": e, "retry_in": r}``: for each of up to
+    ``k`` requests, in seconds from now, when it may be sent. When the schedule
+    is already handed out up to the horizon, ``delays`` is empty and the caller
+    asks again in ``r`` s.
+
+    The epoch counts 429 episodes. Each 429 is reported with the epoch of the
+    slot it was sent in: one sent before the last cut (an older epoch) says
+    nothing about the new pace and is ignored, however late its report arrives.
     """
 
     def __init__(self, rate: float, burst: int = 1, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -69,21 +77,34 @@ class TokenService:
 
     # -- the schedule (plain, synchronous: tested directly) -----------------------
 
-    def lease(self, n: int, *, ok: int = 0, throttled: int = 0, now: float | None = None) -> list[float]:
+    @property
+    def epoch(self) -> int:
+        return self.policy.episodes
+
+    def lease(self, n: int, *, ok: int = 0, throttled: list[int] | int = (), now: float | None = None) -> list[float]:
+        """Send times (seconds from ``now``) for up to ``n`` requests; ``[]`` when the horizon is full.
+
+        ``throttled``: the epochs of the slots that got a 429 (an int ``t`` means
+        ``t`` 429s in the current epoch).
+        """
         now = time.monotonic() if now is None else now
+        epochs = [self.epoch] * throttled if isinstance(throttled, int) else list(throttled)
         self.leases += 1
         self.reported_ok += ok
-        self.reported_throttled += throttled
+        self.reported_throttled += len(epochs)
         policy = self.policy
-        if throttled and policy.on_throttled(now):
+        current = [e for e in epochs if e >= self.epoch]
+        if current and policy.on_throttled(now):
             self._tat = policy.paused_until  # the new, slower schedule starts after the pause
         elif ok:
             policy.on_success(now)
         interval = 1.0 / (policy.rate * (1 - JITTER_MARGIN))
-        cap = max(1, math.floor(policy.rate * MAX_LEASE_SECONDS))
-        n = max(1, min(n, cap))
         # GCRA: the schedule may lag "now" by at most burst-1 intervals (that is the burst)
         start = max(self._tat, now - (policy.burst - 1) * interval, policy.paused_until)
+        horizon = max(now, policy.paused_until) + HORIZON_SECONDS
+        n = min(n, math.floor((horizon - start) / interval) + 1) if start <= horizon else 0
+        if n <= 0:
+            return []
         slots = [start + i * interval for i in range(n)]
         self._tat = start + n * interval
         self.granted += n
@@ -98,9 +119,16 @@ class TokenService:
 
     async def _handle_lease(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read() or b"{}")
-        delays = self.lease(int(body.get("n", 1)), ok=int(body.get("ok", 0)), throttled=int(body.get("throttled", 0)))
-        return web.Response(body=orjson.dumps({"delays": delays, "rate": self.policy.rate}),
-                            content_type="application/json")
+        delays = self.lease(int(body.get("n", 1)), ok=int(body.get("ok", 0)),
+                            throttled=[int(e) for e in body.get("throttled", [])])
+        retry_in = 0.0 if delays else max(0.001, self.retry_in())
+        return web.Response(body=orjson.dumps({"delays": delays, "epoch": self.epoch, "retry_in": retry_in,
+                                               "rate": self.policy.rate}), content_type="application/json")
+
+    def retry_in(self, now: float | None = None) -> float:
+        """Seconds until the next slot falls inside the horizon."""
+        now = time.monotonic() if now is None else now
+        return self._tat - (max(now, self.policy.paused_until) + HORIZON_SECONDS)
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")
@@ -157,6 +185,11 @@ class TokenService:
         self.stop()
 
 
+#: The epoch of the slot the current asyncio task is sending in (FredClient
+#: acquires, sends and reports a 429 within one task).
+_slot_epoch: contextvars.ContextVar[int] = contextvars.ContextVar("fredflow_slot_epoch", default=0)
+
+
 class RemoteLimiter:
     """A task's view of the run-wide schedule: leases send times from a :class:`TokenService`.
 
@@ -177,11 +210,11 @@ class RemoteLimiter:
         self._url = url.rstrip("/") + "/lease"
         self._session = session
         self._own_session = session is None
-        self._slots: deque[float] = deque()
+        self._slots: deque[tuple[float, int]] = deque()  # (send at, epoch)
         self._lock = asyncio.Lock()
         self._waiting = 0
         self._ok = 0
-        self._throttled = 0
+        self._throttled: list[int] = []
         self._smoother = AsyncLimiter(max(1, burst), max(1, burst) / rate)
         self._tolerance = max(0.005, 0.25 / rate)
         self.stale_slots = 0
@@ -190,12 +223,14 @@ class RemoteLimiter:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         payload = {"n": n, "ok": self._ok, "throttled": self._throttled}
-        self._ok = self._throttled = 0
+        self._ok, self._throttled = 0, []
         async with self._session.post(self._url, data=orjson.dumps(payload)) as response:
             response.raise_for_status()
-            delays = orjson.loads(await response.read())["delays"]
+            answer = orjson.loads(await response.read())
         now = time.monotonic()
-        self._slots.extend(now + d for d in delays)
+        self._slots.extend((now + d, answer["epoch"]) for d in answer["delays"])
+        if not answer["delays"]:  # the run's schedule is handed out up to its horizon: ask again then
+            await asyncio.sleep(answer["retry_in"])
 
     async def acquire(self) -> None:
         while True:
@@ -204,7 +239,7 @@ class RemoteLimiter:
                 async with self._lock:
                     while not self._slots:
                         await self._lease(self._waiting)
-                    send_at = self._slots.popleft()
+                    send_at, epoch = self._slots.popleft()
             finally:
                 self._waiting -= 1
             delay = send_at - time.monotonic()
@@ -213,13 +248,14 @@ class RemoteLimiter:
             await self._smoother.acquire()
             late = time.monotonic() - send_at
             if late <= self._tolerance:
+                _slot_epoch.set(epoch)  # per asyncio task: the request about to be sent
                 return
             self.stale_slots += 1
 
     def throttled(self, retry_after: float | None = None) -> float:
         # Slots held here were scheduled at the old pace: drop them; the next
         # lease reports the 429 and gets slots from the paused, slower schedule.
-        self._throttled += 1
+        self._throttled.append(_slot_epoch.get())
         self._slots.clear()
         return 0.0
 

@@ -11,20 +11,24 @@ Layout of one run (``<staging root>/<run_id>/``)::
 Files are written under a temporary name and renamed, and the manifest comes
 last, so a manifest on disk always describes complete files. Rows are flushed
 every ``flush_rows`` observations: a batch never holds more than that in memory.
+A write that fails (disk full, read-only) raises a one-line
+:class:`~fredflow.errors.FatalRunError`: the run stops and commits nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import FatalRunError
 from .parse import SERIES_SCHEMA, STAGED_OBSERVATION_SCHEMA, with_series_id
 
 FLUSH_ROWS = 1_000_000
@@ -71,19 +75,32 @@ class BatchManifest:
         return cls(**doc)
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+@contextlib.contextmanager
+def _staging_write(path: Path) -> Iterator[Path]:
+    """Write ``path`` through ``<path>.tmp``. A disk error (full, read-only, gone) becomes a
+    one-line :class:`FatalRunError`: the run cannot stage, so it stops and commits nothing."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        reason = exc.strerror or " ".join(str(exc).split())
+        raise FatalRunError(f"cannot write staging file {path}: {reason}; free space there "
+                            "or choose another --staging-dir") from None
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    with _staging_write(path) as tmp, open(tmp, "wb") as fh:
         fh.write(payload)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with _staging_write(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 class RunStaging:
@@ -95,7 +112,11 @@ class RunStaging:
 
     def create(self, run_info: dict[str, Any]) -> "RunStaging":
         self.path.mkdir(parents=True, exist_ok=False)
-        _atomic_write_bytes(self.path / "run.json", orjson.dumps(run_info, default=str))
+        try:
+            _atomic_write_bytes(self.path / "run.json", orjson.dumps(run_info, default=str))
+        except BaseException:
+            self.remove()
+            raise
         return self
 
     def write_catalog(self, series: pa.Table) -> str:

@@ -9,16 +9,19 @@ value replaces the old one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import duckdb
 
 from .checkpoints import checkpoint
-from .errors import StoreBusy
+from .errors import FatalRunError, StoreBusy
 from .stage import BatchManifest
 
 SCHEMA_SQL = """
@@ -115,6 +118,43 @@ def connect(db_path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyC
                 f"{db_path} is locked by another process (another fredflow run?); wait for it to finish and retry"
             ) from None
         raise
+
+
+@contextlib.contextmanager
+def run_lock(db_path: str | Path) -> Iterator[None]:
+    """Hold the database's run lock for a whole run, from plan to the end of the merge.
+
+    The lock is an exclusive ``flock`` on ``<db>.lock`` beside the database
+    (the file holds the pid of the run that holds it, and stays after the run).
+    A second run on the same database fails at once with :class:`StoreBusy`,
+    before it fetches anything, instead of finding DuckDB locked at merge time.
+    The kernel drops the lock when the process dies, so a killed run never
+    leaves it held. An existing database is also opened once, so a DuckDB file
+    held by another program (a notebook, the duckdb CLI) fails the run now too.
+    """
+    db_path = Path(db_path)
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise FatalRunError(f"cannot create the run lock {lock_path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise StoreBusy(
+                f"{db_path} is being written by another fredflow run" + (f" (pid {holder})" if holder else "")
+                + "; wait for it to finish and retry, or ingest into another --db"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if db_path.exists():
+            connect(db_path).close()
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:

@@ -80,13 +80,17 @@ def scaling(groups: list[dict[str, Any]], path: Path, title_suffix: str = "") ->
     """Median wall time and peak RSS of the process tree against N (the ``scale`` scenario)."""
     plt = _plt()
     analysis = scale_analysis(groups)
-    data = {r: {"n": a["n"], "wall_s": a["wall_s"], "peak_rss_mb": a["peak_rss_mb"]}
+    data = {r: {"n": a["n"], "wall_s": a["wall_s"], "peak_rss_mb": a["peak_rss_mb"],
+                "peak_fetch_rss_mb": a["peak_fetch_rss_mb"]}
             for r, a in ((r, analysis[r]) for r in _ordered(analysis))}
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     for runner, d in data.items():
         color = RUNNER_COLORS.get(runner, "#999")
         left.plot(d["n"], d["wall_s"], "o-", color=color, label=runner)
-        right.plot(d["n"], d["peak_rss_mb"], "o-", color=color, label=runner)
+        right.plot(d["n"], d["peak_rss_mb"], "o-", color=color, label=f"{runner}: whole run")
+        if all(v is not None for v in d["peak_fetch_rss_mb"]):
+            right.plot(d["n"], d["peak_fetch_rss_mb"], "s--", color=color, alpha=0.7, markersize=4,
+                       label=f"{runner}: until the merge")
         a = analysis[runner]
         if "fit_slope_ms_per_series" in a and len(d["n"]) >= 2:
             xs = [0, max(d["n"])]

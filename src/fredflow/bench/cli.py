@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--thread-slots", type=_positive_int, default=8, help="thread: batches at once (default 8)")
     r.add_argument("--dask-workers", type=_positive_int, default=2, help="dask: worker processes (default 2)")
     r.add_argument("--dask-threads", type=_positive_int, default=4, help="dask: threads per worker (default 4)")
-    r.add_argument("--overhead-tasks", type=_positive_int, help="no-op tasks for the Prefect overhead (default 200)")
+    r.add_argument("--overhead-tasks", type=_positive_int, help="no-op tasks for the Prefect overhead (default 100)")
     p.add_argument("--command-label", help=argparse.SUPPRESS)
     return p
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if machine.get("loadavg_at_start", 0) > 0.7 and machine.get("cpus", 1) <= 4:
         display.log(f"[yellow]warning: load average {machine['loadavg_at_start']} at start: other processes "
                     f"compete for {machine.get('cpus')} cores; numbers will be noisy (see background_cpu_s)[/yellow]")
-    overhead_tasks = args.overhead_tasks or (40 if args.quick else 200)
+    overhead_tasks = args.overhead_tasks or (40 if args.quick else 100)
     bench = Bench(plan=plan, out=out, work=work, session_id=new_session_id(), display=display,
                   thread_slots=args.thread_slots, dask_workers=args.dask_workers, dask_threads=args.dask_threads,
                   keep_dbs=args.keep_dbs, overhead_tasks=overhead_tasks)

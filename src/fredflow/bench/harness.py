@@ -542,6 +542,8 @@ class Bench:
             "peak_rss_mb": worker.get("peak_rss_mb"),
             "peak_children_rss_mb": worker.get("peak_children_rss_mb"),
             "peak_tree_rss_mb": worker.get("peak_tree_rss_mb"),
+            "peak_fetch_rss_mb": worker.get("peak_fetch_rss_mb"),
+            "peak_merge_rss_mb": worker.get("peak_merge_rss_mb"),
             "process_peak_rss_mb": res.maxrss_mb,
             "sim_cpu_s": round(sim_cpu, 3),
             "prefect_server_cpu_s": round(prefect_cpu, 3) if prefect_cpu is not None else None,

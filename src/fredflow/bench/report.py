@@ -69,10 +69,14 @@ def print_tables(summary: dict[str, Any], console=None) -> None:  # noqa: ANN001
         console = Console()
         if not console.is_terminal:
             console = Console(width=200)
+    # a narrow terminal gets the columns that matter most
+    keep = range(len(SHORT)) if console.width >= 150 else (0, 2, 3, 4, 5, 8, 9, 11, 12, 13)
     for scenario, n in _points(summary):
-        table = Table(*SHORT, title=_scenario_title(summary, scenario, n), title_justify="left")
+        table = Table(*(SHORT[i] for i in keep), title=_scenario_title(summary, scenario, n), title_justify="left")
         for row in _rows(summary, scenario, n):
-            table.add_row(*row)
+            if console.width < 150:
+                row[13] = row[13].split(" ")[0]
+            table.add_row(*(row[i] for i in keep))
         console.print(table)
     if summary.get("prefect_overhead"):
         table = Table("runner", "ms per task (wall)", "ms of a slot per task", "slots", "tasks", "fixed s",
@@ -164,8 +168,9 @@ def markdown(summary: dict[str, Any], charts_dir: Path | None, readme_dir: Path 
             for i, n in enumerate(s["n"]):
                 rows.append([runner, f"{n:,}", fmt_num(s["wall_s"][i]), fmt_num(s["ms_per_series"][i]),
                              fmt_num(s["marginal_ms_per_series"][i - 1]) if i and s.get("marginal_ms_per_series") else "–",
-                             fmt_num(s["peak_rss_mb"][i], 0)])
-        out.append(_md_table(["runner", "N", "wall s", "ms per series", "marginal ms per series", "peak RSS MB"], rows))
+                             fmt_num(s["peak_rss_mb"][i], 0), fmt_num(s["peak_fetch_rss_mb"][i], 0)])
+        out.append(_md_table(["runner", "N", "wall s", "ms per series", "marginal ms per series", "peak RSS MB",
+                              "peak RSS MB until the merge"], rows))
         out.append("")
     if charts_dir is not None and summary.get("charts"):
         out.append("### Charts")

@@ -71,6 +71,8 @@ RUN_SCHEMA: dict[str, tuple[type, ...]] = {
     "peak_rss_mb": NUM,
     "peak_children_rss_mb": NUM,
     "peak_tree_rss_mb": NUM,
+    "peak_fetch_rss_mb": (*NUM, type(None)),
+    "peak_merge_rss_mb": (*NUM, type(None)),
     "process_peak_rss_mb": NUM,
     "sim_cpu_s": NUM,
     "prefect_server_cpu_s": (*NUM, type(None)),
@@ -130,7 +132,7 @@ def spread(values: Iterable[float | None]) -> dict[str, Any]:
 
 SUMMARY_METRICS = ("wall_s", "requests_per_s", "rows_per_s", "rate_utilization", "rate_utilization_steady",
                    "concurrency_utilization", "throttled_429", "retries", "cpu_s", "peak_rss_mb",
-                   "peak_tree_rss_mb", "efficiency", "fetch_s", "merge_s", "plan_s", "first_batch_s",
+                   "peak_tree_rss_mb", "peak_fetch_rss_mb", "peak_merge_rss_mb", "efficiency", "fetch_s", "merge_s", "plan_s", "first_batch_s",
                    "background_cpu_s", "sim_cpu_s", "prefect_server_cpu_s")
 
 
@@ -196,7 +198,8 @@ def scale_analysis(groups: list[dict[str, Any]], scenario: str = "scale") -> dic
     """Per runner: sizes, median wall and peak RSS, the linear fit, and the growth of the marginal cost."""
     out: dict[str, dict[str, Any]] = {}
     for runner in sorted({g["runner"] for g in groups if g["scenario"] == scenario}):
-        pts = sorted((g["n_series"], g["wall_s"]["median"], g["peak_tree_rss_mb"]["median"])
+        pts = sorted((g["n_series"], g["wall_s"]["median"], g["peak_tree_rss_mb"]["median"],
+                      g["peak_fetch_rss_mb"]["median"])
                      for g in groups if g["scenario"] == scenario and g["runner"] == runner
                      and g["wall_s"]["median"] is not None)
         if not pts:
@@ -204,12 +207,14 @@ def scale_analysis(groups: list[dict[str, Any]], scenario: str = "scale") -> dic
         ns = [p[0] for p in pts]
         ts = [p[1] for p in pts]
         rss = [p[2] for p in pts]
-        entry: dict[str, Any] = {"n": ns, "wall_s": ts, "peak_rss_mb": rss,
+        fetch_rss = [p[3] for p in pts]
+        entry: dict[str, Any] = {"n": ns, "wall_s": ts, "peak_rss_mb": rss, "peak_fetch_rss_mb": fetch_rss,
                                  "ms_per_series": [round(t / n * 1000, 3) for n, t in zip(ns, ts)]}
         if len(pts) >= 2:
             slope, intercept, r2 = linear_fit(ns, ts)
             entry.update(fit_slope_ms_per_series=round(slope * 1000, 4), fit_intercept_s=round(intercept, 3),
-                         fit_r2=round(r2, 4), rss_growth=_ratio(rss[-1], rss[0]))
+                         fit_r2=round(r2, 4), rss_growth=_ratio(rss[-1], rss[0]),
+                         fetch_rss_growth=_ratio(fetch_rss[-1], fetch_rss[0]))
         if len(pts) >= 3:
             last = (ts[-1] - ts[-2]) / (ns[-1] - ns[-2])
             before = (ts[-2] - ts[0]) / (ns[-2] - ns[0])
@@ -256,6 +261,8 @@ def targets(groups: list[dict[str, Any]], heads: list[dict[str, Any]], records: 
                            s.get("marginal_growth"), "<=", 1.5, "x"))
         out.append(_target(f"scale: {runner} peak RSS at N={s['n'][-1]} ÷ N={s['n'][0]} (flat)",
                            s.get("rss_growth"), "<=", 1.5, "x"))
+        out.append(_target(f"scale: {runner} peak RSS while fetching, N={s['n'][-1]} ÷ N={s['n'][0]} (flat)",
+                           s.get("fetch_rss_growth"), "<=", 1.5, "x"))
     if records:
         verified = sum(1 for r in records if r["ok"] and r["rows_verified"])
         out.append(_target("every run: rows verified in DuckDB", round(verified / len(records), 3), ">=", 1.0,

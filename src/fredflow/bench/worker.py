@@ -30,25 +30,38 @@ def _mb(kib: int) -> float:
 
 
 class TreeRssSampler(threading.Thread):
-    """Peak of the summed RSS of this process and its descendants, sampled every ``interval`` seconds."""
+    """Peak RSS of this process (plus its descendants when ``children``), every ``interval`` seconds.
 
-    def __init__(self, interval: float = 0.2) -> None:
+    ``phase`` is set by the run ("fetch" until the fetch ends, then "merge"):
+    the peaks are kept per phase too.
+    """
+
+    def __init__(self, interval: float = 0.1, children: bool = False) -> None:
         super().__init__(daemon=True, name="rss-sampler")
         self.interval = interval
+        self.children = children
         self.peak = 0
+        self.phase = "fetch"
+        self.peaks: dict[str, int] = {}
         self._halt = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _self_rss(self) -> int:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * self._page
 
     def sample(self) -> None:
-        import psutil
+        total = self._self_rss()
+        if self.children:
+            import psutil
 
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
         self.peak = max(self.peak, total)
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), total)
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -58,16 +71,23 @@ class TreeRssSampler(threading.Thread):
                 pass
             self._halt.wait(self.interval)
 
-    def stop(self) -> float:
+    def stop(self) -> dict[str, float | None]:
         self._halt.set()
         self.join(timeout=2)
-        return round(self.peak / 2**20, 1)
+        try:
+            self.sample()
+        except Exception:  # noqa: BLE001
+            pass
+        mb = {k: round(v / 2**20, 1) for k, v in self.peaks.items()}
+        return {"peak_tree_rss_mb": round(self.peak / 2**20, 1), "peak_fetch_rss_mb": mb.get("fetch"),
+                "peak_merge_rss_mb": mb.get("merge")}
 
 
 class Phases:
     """A :class:`fredflow.progress.Progress` that timestamps the run's phases and reports progress on stdout."""
 
-    def __init__(self, every: float = 0.25) -> None:
+    def __init__(self, every: float = 0.25, sampler: TreeRssSampler | None = None) -> None:
+        self.sampler = sampler
         self.t_start = time.perf_counter()
         self.t_fetch: float | None = None
         self.t_first_batch: float | None = None
@@ -94,6 +114,8 @@ class Phases:
         self.report(self.done, self.n_series, self.rows)
 
     def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.phase = "merge"
         self.t_merge = time.perf_counter()
         self.epoch["merge"] = time.time()
 
@@ -136,7 +158,7 @@ def _cpu(usage: resource.struct_rusage) -> float:
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     runner = spec["runner"]
-    sampler = TreeRssSampler()
+    sampler = TreeRssSampler(children=runner == "dask")
     sampler.start()
     t_import = time.perf_counter()
     if runner == "sequential":
@@ -150,7 +172,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    phases = Phases()
+    phases = Phases(sampler=sampler)
     t0 = time.perf_counter()
     if runner == "sequential":
         s = spec["settings"]
@@ -169,7 +191,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak_tree = sampler.stop()
+    peaks = sampler.stop()
     return {
         "ok": True,
         "error": None,
@@ -183,7 +205,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "cpu_children_s": round(_cpu(children1) - _cpu(children0), 3),
         "peak_rss_mb": _mb(self1.ru_maxrss),
         "peak_children_rss_mb": _mb(children1.ru_maxrss),
-        "peak_tree_rss_mb": peak_tree,
+        **peaks,
         "prefect_imported": any(m == "prefect" or m.startswith("prefect.") for m in sys.modules),
         "dask_imported": any(m == "distributed" or m.startswith("distributed.") for m in sys.modules),
     }
