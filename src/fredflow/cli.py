@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("sim", help="start the embedded FRED-compatible simulator (see 'fredflow sim --help')",
                         add_help=False)
+    commands.add_parser("bench", help="benchmark the runners against the simulator (see 'fredflow bench --help')",
+                        add_help=False)
     return parser
 
 
@@ -228,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         from .sim.__main__ import main as sim_main
 
         return sim_main(argv[1:]) or 0
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

@@ -176,11 +176,16 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = build_summary(bench, plan, command=command, started=started, started_at=started_at, machine=machine)
     if not args.no_charts and bench.records:
-        from .charts import render_all
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            sys.stderr.write("fredflow bench: matplotlib is not installed (uv sync, or pip install "
+                             "'fredflow[bench]'): no charts\n")
+        else:
+            from .charts import render_all
 
-        charts_dir = out / "charts"
-        summary["charts"] = render_all(summary["groups"], bench.records, charts_dir,
-                                       title_suffix=f" · {machine.get('cpus')} cores · {bench.session_id}")
+            summary["charts"] = render_all(summary["groups"], bench.records, out / "charts",
+                                           title_suffix=f" · {machine.get('cpus')} cores · {bench.session_id}")
     summary["duration_s"] = round(time.perf_counter() - started, 1)
     write_json(bench.runs_dir / "summary.json", summary)
     write_json(out / "summary.json", summary)

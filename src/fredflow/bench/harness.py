@@ -43,6 +43,7 @@ from .results import SCHEMA_VERSION, validate_run
 from .scenarios import Plan, Scenario
 
 RUN_TIMEOUT_S = 900.0
+NOISY_SHARE = 0.5
 
 
 # --------------------------------------------------------------------------- machine and CPU accounting
@@ -548,6 +549,9 @@ class Bench:
             "sim_cpu_s": round(sim_cpu, 3),
             "prefect_server_cpu_s": round(prefect_cpu, 3) if prefect_cpu is not None else None,
             "background_cpu_s": round(max(0.0, background), 3),
+            # other processes used more than half a core on average while this run's process lived
+            # (the kernel writing back our own files counts as "other": a little is normal)
+            "noisy": background > NOISY_SHARE * res.wall_s,
             "loadavg_1m": round(load, 2),
             "prefect_imported": worker.get("prefect_imported"),
             "expected_rows": truth.total,

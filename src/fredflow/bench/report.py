@@ -112,7 +112,13 @@ def markdown(summary: dict[str, Any], charts_dir: Path | None, readme_dir: Path 
     out.append(f"**Machine:** {m.get('cpus')} cores ({m.get('cpu_model', '?')}), {m.get('memory_gb', '?')} GB RAM, "
                f"Python {m.get('python')}, fredflow {m.get('fredflow', '?')} at `{m.get('git', '?')}`; "
                f"load average {m.get('loadavg_at_start')} at start.  ")
-    out.append(f"**Command:** `{summary['command']}`")
+    out.append(f"**Command:** `{summary['command']}`  ")
+    runs = sum(g["runs"] for g in summary["groups"])
+    noisy = sum(g.get("noisy_runs", 0) for g in summary["groups"])
+    out.append(f"**Other load:** {noisy} of {runs} runs had other processes using more than half a core on "
+               "average while they ran (`noisy` in the run records; `background_cpu_s` says how much)."
+               if noisy else f"**Other load:** none of the {runs} runs saw other processes use more than half "
+               "a core on average.")
     out.append("")
     if summary.get("targets"):
         out.append("### Targets")

@@ -78,6 +78,7 @@ RUN_SCHEMA: dict[str, tuple[type, ...]] = {
     "prefect_server_cpu_s": (*NUM, type(None)),
     "background_cpu_s": NUM,
     "loadavg_1m": NUM,
+    "noisy": (bool,),
     "prefect_imported": (bool,),
     # verification
     "expected_rows": (int,),
@@ -154,6 +155,7 @@ def summarize_groups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "rows": max((r["rows_in_db"] for r in ok), default=0), "expected_rows": runs[0]["expected_rows"],
             "ideal_s": runs[0]["ideal_s"],
             "prefect_task_overhead_ms": runs[0]["prefect_task_overhead_ms"],
+            "noisy_runs": sum(1 for r in runs if r.get("noisy")),
         }
         for metric in SUMMARY_METRICS:
             entry[metric] = spread(r.get(metric) for r in ok)
