@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 import duckdb
@@ -38,13 +39,12 @@ def main() -> int:
     con = duckdb.connect(str(DB), read_only=True)
     try:
         print("\nlargest series in the warehouse:")
-        query = """
+        query = textwrap.dedent("""\
             SELECT o.series_id, s.frequency, count(*) AS observations, count(o.value) AS non_null,
                    min(o.date) AS first, max(o.date) AS last, round(avg(o.value), 3) AS mean
             FROM observations o JOIN series s USING (series_id)
-            GROUP BY ALL ORDER BY observations DESC LIMIT 8
-        """
-        print("  " + query.strip().replace("\n", "\n  "))
+            GROUP BY ALL ORDER BY observations DESC LIMIT 8""")
+        print(textwrap.indent(query, "  "))
         con.sql(query).show()
         print("runs so far:")
         con.sql("SELECT run_id, status, n_series, n_rows, requests, round(seconds, 1) AS seconds "
