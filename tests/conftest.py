@@ -48,3 +48,11 @@ def _isolated_prefect_home(tmp_path_factory):
         os.environ.pop("PREFECT_HOME", None)
     else:
         os.environ["PREFECT_HOME"] = previous
+    # Prefect's event shipper of this process still points at temporary servers the
+    # runner tests started and stopped; at interpreter exit it would log connection
+    # errors to an already closed stderr after pytest's summary line. Silence it.
+    import logging
+
+    for name in ("prefect", "prefect.events", "prefect.events.clients"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    logging.raiseExceptions = False
