@@ -6,7 +6,6 @@ import json
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from fredflow.parse import (

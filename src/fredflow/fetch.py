@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 
@@ -39,12 +38,12 @@ class FetchContext:
     session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def local(cls, settings: Settings, *, concurrency: int | None = None) -> "FetchContext":
-        """Pacing for everything on this event loop: the run's whole rate (the asyncio runner)."""
+    def local(cls, settings: Settings) -> "FetchContext":
+        """Pacing for everything on this event loop: the run's whole rate and concurrency (the asyncio runner)."""
         return cls(
             settings=settings,
             limiter=AdaptiveLimiter(settings.rate, settings.burst),
-            semaphore=asyncio.Semaphore(concurrency or settings.concurrency),
+            semaphore=asyncio.Semaphore(settings.concurrency),
         )
 
     @classmethod

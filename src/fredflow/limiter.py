@@ -102,10 +102,6 @@ class AdaptiveLimiter:
     def rate(self) -> float:
         return self.policy.rate
 
-    @property
-    def throttle_events(self) -> int:
-        return self.policy.episodes
-
     def _sync_bucket(self) -> None:
         # aiolimiter keeps its drain rate in two attributes; change both so
         # waiters already queued feel the new pace.

@@ -206,10 +206,9 @@ class RemoteLimiter:
     overrun the server's burst allowance.
     """
 
-    def __init__(self, url: str, rate: float, burst: int = 1, *, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, url: str, rate: float, burst: int = 1) -> None:
         self._url = url.rstrip("/") + "/lease"
-        self._session = session
-        self._own_session = session is None
+        self._session: aiohttp.ClientSession | None = None  # opened on the first lease
         self._slots: deque[tuple[float, int]] = deque()  # (send at, epoch)
         self._lock = asyncio.Lock()
         self._waiting = 0
@@ -263,7 +262,7 @@ class RemoteLimiter:
         self._ok += 1
 
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
+        if self._session is not None:
             await self._session.close()
 
 

@@ -23,9 +23,6 @@ from . import RunJob
 class AsyncioRunner:
     name = "asyncio"
 
-    def __init__(self, in_flight_batches: int | None = None) -> None:
-        self._in_flight = in_flight_batches
-
     @property
     def slots(self) -> int:
         return 4
@@ -48,7 +45,7 @@ class AsyncioRunner:
         async with new_session(settings, settings.concurrency) as session:
             ctx.session = session
             pending: set[asyncio.Task[BatchManifest]] = set()
-            limit = self._in_flight
+            limit = None
             try:
                 for batch in batches:
                     if limit is None:
