@@ -2,6 +2,7 @@
 
     uv run python benchmarks/rate_limit.py            # R=20 req/s, 1,000 series, all runners (~6 min)
     uv run python benchmarks/rate_limit.py --quick    # 200 series
+    uv run python benchmarks/rate_limit.py --runners thread --cases over-limit --out /tmp/rl   # one case, scratch output
 
 For each runner (asyncio; Prefect thread pool; Prefect on Dask, 2 worker
 processes x 4 threads) the simulator enforces a strict token bucket (rate R,
@@ -86,6 +87,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="200 series")
     parser.add_argument("--runners", default="asyncio,thread,dask")
     parser.add_argument("--cases", default="at-limit,over-limit")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="directory for the results JSON (default: benchmarks/results; use another while iterating)")
     args = parser.parse_args()
     n_series = 200 if args.quick else args.series
     workdir = Path("data/bench-rate-limit")
@@ -102,8 +105,8 @@ def main() -> int:
                   f"({row['throttled_pct']:.2f}%)  max/s {row['max_admitted_in_a_second']}  "
                   f"landed {row['series_landed']}/{n_series}  {row['wall_seconds']:.0f}s", flush=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"rate_limit-{stamp}.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"rate_limit-{stamp}.json"
+    args.out.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "rate_limit", "at": stamp, "machine": {
         "cpus": __import__("os").cpu_count(), "python": sys.version.split()[0], "platform": platform.platform()},
         "runs": rows}, indent=1))

@@ -1,4 +1,4 @@
-"""The run-wide rate limit: the schedule's guarantees, AIMD back-off/recovery, and the global property across processes."""
+"""The run-wide rate limit: the schedule's guarantees, AIMD and measured back-off/recovery, and the global property across processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from fredflow.limiter import DECREASE, DECREASE_AGAIN, AdaptiveLimiter, AimdPolicy
+from fredflow.limiter import (
+    DECREASE,
+    DECREASE_AGAIN,
+    DECREASE_MEASURED,
+    INCREASE_PER_S,
+    MEASURED_PAUSE_TOKENS,
+    PROBE_PER_S,
+    AdaptiveLimiter,
+    AimdPolicy,
+)
 from fredflow.quota import JITTER_MARGIN, RemoteLimiter, TokenService
 
 
@@ -152,14 +161,211 @@ async def test_remote_limiter_reports_429_and_next_slots_come_after_the_pause():
 
 def test_late_reports_of_429s_sent_before_the_cut_do_not_cut_again():
     service = TokenService(rate=20, burst=1)
-    service.lease(2, now=0.0)
-    epoch_before = service.epoch
-    service.lease(1, throttled=[epoch_before], now=0.1)
+    first, delays = service.lease_slots(2, now=0.0)
+    old_slots = [first, first + 1]
+    service.lease(1, throttled=[old_slots[0]], now=0.1)
     cut_once = service.policy.rate
-    assert service.epoch == epoch_before + 1
-    # long after the pause, another task reports 429s of slots it was given before the cut
-    service.lease(1, throttled=[epoch_before, epoch_before], now=5.0)
-    assert service.policy.rate >= cut_once and service.epoch == epoch_before + 1
+    assert service.epoch == 1 and service.epoch_of(old_slots[1]) == 0
+    # long after the pause, another task reports a 429 of a slot it was given before the cut
+    new_first, _ = service.lease_slots(1, throttled=[old_slots[1]], now=5.0)
+    assert service.policy.rate >= cut_once and service.epoch == 1
     # a 429 on a slot from the new epoch is new evidence: the rate is cut again
-    service.lease(1, throttled=[service.epoch], now=6.0)
-    assert service.epoch == epoch_before + 2
+    assert service.epoch_of(new_first) == 1
+    service.lease(1, throttled=[new_first], now=6.0)
+    assert service.epoch == 2
+
+
+# -- the measured back-off: a simulated server and tasks on a controlled clock -----------------
+
+
+class StrictBucket:
+    """The simulator's rate limit on a virtual clock: capacity ``burst``, refilled at ``rate``/s, starts full."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst, self.tokens, self.last = rate, burst, float(burst), 0.0
+
+    def try_acquire(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class SimulatedRun:
+    """Tasks that always have work, leasing and sending like RemoteLimiter, against ``server``; virtual clock.
+
+    A task reports its answers (by slot number) with its next lease, drops its slots of the same epoch on
+    a 429, and sends each slot when the clock reaches it (``step`` late at most): no machine timing involved.
+    """
+
+    def __init__(self, service: TokenService, server: StrictBucket, *, tasks: int = 6, step: float = 0.002) -> None:
+        self.service, self.server, self.step = service, server, step
+        self.now = 0.0  # seconds since the run started; the service's clock is ``origin`` + that
+        self.origin = 1000.0  # like time.monotonic(), far from 0
+        self.held: list[list[tuple[float, int, int]]] = [[] for _ in range(tasks)]  # (send at, slot, epoch)
+        self.reports = [self._no_reports() for _ in range(tasks)]
+        self.ask_at = [0.0] * tasks
+        self.admitted: list[float] = []  # the server's admitted send times
+        self.rates: list[float] = []  # the policy's rate at the end of each second
+
+    @staticmethod
+    def _no_reports() -> dict[str, list[int]]:
+        return {"ok": [], "throttled": [], "dropped": []}
+
+    def run(self, seconds: float) -> "SimulatedRun":
+        service, end = self.service, self.now + seconds
+        while self.now < end:
+            now = self.now
+            for k, held in enumerate(self.held):
+                if not held and now >= self.ask_at[k]:
+                    first, delays = service.lease_slots(2, **self.reports[k], now=self.origin + now)
+                    self.reports[k] = self._no_reports()
+                    held += [(now + d, first + i, service.epoch_of(first)) for i, d in enumerate(delays)]
+                    if not delays:
+                        self.ask_at[k] = now + max(0.001, service.retry_in(self.origin + now))
+                if held and held[0][0] <= now:
+                    _, slot, epoch = held.pop(0)
+                    if self.server.try_acquire(now):
+                        self.admitted.append(now)
+                        self.reports[k]["ok"].append(slot)
+                    else:
+                        self.reports[k]["throttled"].append(slot)
+                        self.reports[k]["dropped"] += [s for _, s, e in held if e <= epoch]
+                        held[:] = [h for h in held if h[2] > epoch]
+            if int(now + self.step) != int(now):
+                self.rates.append(service.policy.rate)
+            self.now = now + self.step
+        return self
+
+    def admitted_rate(self, a: float, b: float) -> float:
+        return sum(1 for t in self.admitted if a <= t < b) / (b - a)
+
+
+def test_above_the_real_limit_the_rate_settles_on_the_measured_limit_not_a_sawtooth():
+    # --rate 25 against a server that really allows 20/s (burst 2): the issue's over-limit case
+    service = TokenService(rate=25, burst=1)
+    run = SimulatedRun(service, StrictBucket(rate=20, burst=2)).run(40.0)
+    policy = service.policy
+    # the first 429 comes before there is a second of answers to measure: one blind cut, then measured ones
+    assert service.stats()["last_measurement"] == pytest.approx(20, rel=0.06)
+    assert policy.measured_limit is not None
+    # after the first few seconds the rate stays near the real limit: no deep teeth (AIMD alone cuts to 0.5x),
+    # and the schedule (JITTER_MARGIN under the rate) probes no more than 10 % above the real limit
+    assert min(run.rates[5:]) >= 20 * 0.93 and max(run.rates[5:]) * (1 - JITTER_MARGIN) <= 20 * 1.1
+    # the server's limit is used: >= 0.95 of it in every 10 s, and episodes are few (one per several seconds)
+    for a in (5.0, 15.0, 25.0):
+        assert run.admitted_rate(a, a + 10) >= 20 * 0.95
+    assert policy.episodes <= 40 / 2.5
+    assert service.stats()["throttled"] <= 0.03 * service.stats()["ok"]
+    # and never more than the server allows (its bucket decides; this checks the simulation)
+    assert max_in_window(run.admitted, 1.0) <= 20 + 2
+
+
+def test_at_the_configured_rate_a_punctual_run_gets_no_429():
+    service = TokenService(rate=20, burst=1)
+    run = SimulatedRun(service, StrictBucket(rate=20, burst=2)).run(20.0)
+    assert service.stats()["throttled"] == 0 and service.policy.episodes == 0
+    assert run.admitted_rate(1.0, 19.0) >= 20 * (1 - JITTER_MARGIN) * 0.99
+
+
+def test_when_the_real_limit_goes_back_up_the_rate_recovers_to_the_configured_rate():
+    service = TokenService(rate=25, burst=1)
+    server = StrictBucket(rate=15, burst=2)  # the key is shared with another job ...
+    run = SimulatedRun(service, server).run(20.0)
+    assert service.policy.measured_limit == pytest.approx(15, rel=0.05)
+    assert 15 * 0.93 <= service.policy.rate <= 15 * 1.15  # somewhere on its slow probe above the limit
+    server.rate = 40  # ... which has finished: only our configured 25/s limits us now
+    run.run(15.0)  # a slow probe just above the old limit, then (past PROBE_BAND) the usual climb
+    assert service.policy.rate == pytest.approx(25) and service.policy.measured_limit is None
+    run.run(5.0)
+    assert run.admitted_rate(35.0, 40.0) >= 25 * (1 - JITTER_MARGIN) * 0.98
+
+
+def test_a_limit_far_below_the_measured_one_is_found_in_a_few_episodes():
+    service = TokenService(rate=20, burst=1)
+    server = StrictBucket(rate=20, burst=2)
+    run = SimulatedRun(service, server).run(5.0)
+    server.rate = 4  # the limit drops to a fifth
+    before = service.policy.episodes
+    run.run(5.0)
+    # within seconds (the measurement window), not the dozens of x0.9 cuts it would take to get there blindly
+    assert service.policy.episodes - before <= 8
+    assert 4 * 0.9 <= service.policy.measured_limit <= 4 * 1.2
+    run.run(20.0)
+    assert service.policy.measured_limit == pytest.approx(4, rel=0.05)
+    assert run.admitted_rate(10.0, 30.0) >= 4 * 0.85
+
+
+def _busy_schedule(service: TokenService, seconds: float) -> tuple[list[int], float]:
+    """A task with work all the time, asking twice per interval: the schedule used back to back.
+
+    Returns the numbers of the slots sent by the end (their time has come) and that time."""
+    now, slots = 0.0, []
+    interval = 1 / (service.policy.rate * (1 - JITTER_MARGIN))
+    while now < seconds:
+        first, delays = service.lease_slots(1, now=now)
+        slots += [first + i for i, d in enumerate(delays) if now + d <= seconds]
+        now += interval / 2
+    return slots, now
+
+
+def test_admitted_rate_counts_answers_by_slot_and_ignores_slots_given_up():
+    interval = 1 / (10 * (1 - JITTER_MARGIN))
+    service = TokenService(rate=10, burst=1)
+    sent, now = _busy_schedule(service, 3.0)
+    assert service.admitted_rate(now) is None  # nothing answered yet: nothing to measure
+    # 3 of 4 admitted, 1 in 4 answered 429: the server admitted 3/4 of our pace. Half the answers are
+    # reported first: the slots not answered yet count in the proportion of those that were
+    ok, throttled = [s for s in sent if s % 4], [s for s in sent if s % 4 == 0]
+    service.lease(0, ok=ok[::2], throttled=throttled[::2], now=now)
+    assert service.admitted_rate(now) == pytest.approx(0.75 / interval, rel=0.1)
+    service.lease(0, ok=ok[1::2], throttled=throttled[1::2], now=now)
+    assert service.admitted_rate(now) == pytest.approx(0.75 / interval, rel=0.05)
+    # every other slot given up unsent: a gap in what was offered, not requests the server refused. The
+    # server admitted all we sent, at half our pace; each gap counts for at most two intervals (what a
+    # server's bucket can save up), so the measurement is the pace we offered, not less
+    given_up = TokenService(rate=10, burst=1)
+    sent, now = _busy_schedule(given_up, 3.0)
+    given_up.lease(0, ok=[s for s in sent if s % 2], dropped=[s for s in sent if s % 2 == 0], now=now)
+    assert given_up.admitted_rate(now) == pytest.approx(0.5 / interval, rel=0.1)
+
+
+def test_measured_cuts_are_bounded_and_the_probe_above_them_is_slow():
+    policy = AimdPolicy(rate=25, burst=1)
+    assert policy.on_throttled(10.0, admitted_rate=20.0)
+    assert policy.rate == pytest.approx(20.0) and policy.measured_limit == pytest.approx(20.0)
+    assert policy.paused_until - 10.0 == pytest.approx(MEASURED_PAUSE_TOKENS / 20.0)  # short: two intervals
+    # probing above the measured limit: PROBE_PER_S of it per second
+    policy.on_success(12.0)
+    assert policy.rate == pytest.approx(20.0 + 2 * PROBE_PER_S * 20)
+    # a measurement at or above the current rate still cuts a little: the 429 said "too fast"
+    assert policy.on_throttled(13.0, admitted_rate=30.0)
+    assert policy.rate == pytest.approx((20.0 + 2 * PROBE_PER_S * 20) * DECREASE_MEASURED)
+    # a very low measurement (a pause, few answers) never cuts more than DECREASE_AGAIN at once
+    rate = policy.rate
+    assert policy.on_throttled(14.0, admitted_rate=0.5)
+    assert policy.rate == pytest.approx(rate * DECREASE_AGAIN)
+    # well past the measured limit without a 429, the measurement is stale: back to the fast climb
+    policy.measured_limit = policy.rate / 2
+    before = policy.rate
+    policy.on_success(15.0)
+    assert policy.measured_limit is None and policy.rate == pytest.approx(before + INCREASE_PER_S * 25)
+
+
+async def test_remote_limiter_reports_answers_by_slot_and_drops_its_slots_of_the_cut_pace():
+    with TokenService(rate=20, burst=1) as service:
+        limiter = RemoteLimiter(service.url, rate=20, burst=1)
+        for _ in range(3):
+            await limiter.acquire()
+            limiter.succeeded()
+        await limiter.acquire()
+        held = len(limiter._slots)  # noqa: SLF001 - slots leased with the last one, not used yet
+        limiter.throttled()
+        assert not limiter._slots  # noqa: SLF001 - same epoch as the 429: given up
+        await limiter.acquire()  # this lease reports 3 admitted, 1 throttled, ``held`` given up
+        await limiter.close()
+        stats = service.stats()
+    assert stats["ok"] == 3 and stats["throttled"] == 1 and stats["dropped"] == held
+    assert stats["episodes"] == 1

@@ -7,6 +7,7 @@ PREFECT_API_URL: the runner must bring its own API for the worker processes.
 from __future__ import annotations
 
 import os
+from datetime import date
 import socket
 import subprocess
 import sys
@@ -145,7 +146,7 @@ def test_runs_appear_on_the_configured_prefect_server(tmp_path, runner_sim, sett
             with get_client(sync_client=True) as client:
                 # explicit limit/sort: prefect 3.8.8's client sends null defaults its server rejects (422)
                 flow_runs = client.read_flow_runs(limit=50, sort=FlowRunSort.START_TIME_DESC)
-                ingest_runs = [r for r in flow_runs if r.name == "ingest-dask"]
+                ingest_runs = [r for r in flow_runs if r.name == "ingest-full-dask"]
                 assert ingest_runs and ingest_runs[0].state.is_completed()
                 params = ingest_runs[0].parameters
                 assert DEMO_API_KEY not in repr(params)
@@ -182,7 +183,7 @@ def test_prefect_yaml_deployments_load_and_validate():
 def test_backfill_windows_are_contiguous_and_disjoint():
     from datetime import date, timedelta
 
-    from fredflow.runners.prefect_runner import windows
+    from fredflow.batches import windows
 
     cuts = windows(date(1947, 1, 1), date(2026, 11, 20), 10)
     assert cuts[0][0] == date(1947, 1, 1) and cuts[-1][1] == date(2026, 11, 20)
@@ -190,3 +191,26 @@ def test_backfill_windows_are_contiguous_and_disjoint():
         assert start == end + timedelta(days=1)
     assert cuts[0] == (date(1947, 1, 1), date(1956, 12, 31))
     assert windows(date(2020, 2, 29), date(2031, 1, 1), 5)[0] == (date(2020, 2, 29), date(2025, 2, 27))
+
+
+def test_backfill_and_incremental_through_the_flow(tmp_path, settings_for):
+    """Backfill windows on Dask worker processes, then an incremental day on the thread pool:
+    the flow's parameters carry the mode, windows and state through Prefect like any run."""
+    from fredflow.pipeline import backfill
+
+    with SimProcess(n_series=40, seed=4, long_series=0) as sim:
+        db = tmp_path / "f.duckdb"
+        ids = sim.catalog.series_ids[:30]
+        first = backfill(db, CatalogSpec(series=tuple(ids)), start=date(1600, 1, 1), window="100y",
+                         settings=settings_for(sim), runner="dask",
+                         runner_options={"workers": 2, "threads_per_worker": 2}, batch_size=8)
+        assert (first.mode, first.runner, first.exit_code) == ("backfill", "dask", 0)
+        assert first.n_rows == assert_db_matches(db, sim.catalog, ids)
+
+        ours = sorted(set(sim.advance(days=1, changed=10)) & set(ids))
+        sim.reset_stats()
+        day = ingest(db, CatalogSpec(series=tuple(ids)), settings=settings_for(sim), runner="thread",
+                     runner_options={"thread_slots": 2}, mode="incremental")
+        assert (day.mode, day.n_series, day.n_unchanged) == ("incremental", len(ours), 30 - len(ours))
+        assert day.requests == sim.stats()["requests"] <= len(ours) + 2
+        assert_db_matches(db, sim.catalog, ids)

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,13 @@ OBS_ENVELOPE_KEYS = [
 OBS_KEYS = ["realtime_start", "realtime_end", "date", "value"]
 LISTING_ENVELOPE_KEYS = [
     "realtime_start", "realtime_end", "order_by", "sort_order", "count", "offset", "limit", "seriess",
+]
+UPDATES_ENVELOPE_KEYS = [
+    "realtime_start", "realtime_end", "filter_variable", "filter_value", "order_by", "sort_order",
+    "count", "offset", "limit", "seriess",
+]
+VINTAGEDATES_KEYS = [
+    "realtime_start", "realtime_end", "order_by", "sort_order", "count", "offset", "limit", "vintage_dates",
 ]
 JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
 KEY_HELP = "  Read https://fred.stlouisfed.org/docs/api/api_key.html for more information."
@@ -101,6 +108,15 @@ def test_key_orders_are_those_of_real_fred_samples() -> None:
         assert list(listing) == LISTING_ENVELOPE_KEYS
         with_notes = [e for e in listing["seriess"] if "notes" in e]
         assert {tuple(e) for e in with_notes} == {tuple(LISTING_META_KEYS)}
+    for fragment in ("get_series_updates__i0", "get_series_updates__i2"):
+        updates = load(fragment)
+        assert list(updates) == UPDATES_ENVELOPE_KEYS
+        assert {tuple(e) for e in updates["seriess"] if "notes" in e} == {tuple(META_KEYS)}
+    for fragment in ("get_series_vintagedates__i0", "get_series_vintagedates__i2"):
+        assert list(load(fragment)) == VINTAGEDATES_KEYS
+    for fragment in ("all_releases_json__i0", "asof_date_json__i0", "initial_release_json__i0"):
+        vintages = load(fragment)
+        assert list(vintages) == OBS_ENVELOPE_KEYS and list(vintages["observations"][0]) == OBS_KEYS
     error = json.loads(next((SAMPLES / "errors").glob("*HTTP429.json")).read_text())
     assert error == {"error_code": 429, "error_message": "Too Many Requests.  Exceeded Rate Limit"}
 
@@ -232,7 +248,8 @@ def test_cli_round_trip() -> None:
     config = SimConfig(
         n_series=9, seed=5, obs_per_series=30, long_series=1, withdrawn=2, today=date(2025, 1, 2),
         rate=2.5, burst=3, latency=0.01, fault_rate=0.25, fault_kinds=("500", "reset"),
-        hang_seconds=1.5, max_limit=1000, unregistered_keys=(), cache_mb=8,
+        hang_seconds=1.5, max_limit=1000, unregistered_keys=(), cache_mb=8, changes=(3, 0, 9),
+        max_vintage_dates=50,
     )
     assert parse_args([*config_to_argv(config), "--port", "0"]) == (config, "127.0.0.1", 0)
     assert parse_args(config_to_argv(SimConfig()))[0] == SimConfig()
@@ -275,6 +292,24 @@ ERROR_CASES = [
     ("release/series", {"release_id": 1, "limit": 1001}, 400,
      "Bad Request.  Variable limit is not between 1 and 1000."),
     ("category/series", {"category_id": 5}, 400, "Bad Request.  The category does not exist."),
+    ("series/updates", {"filter_value": "national"}, 400,
+     "Bad Request.  Variable filter_value is not one of the values: 'macro', 'regional', 'all'."),
+    ("series/updates", {"limit": 1001}, 400, "Bad Request.  Variable limit is not between 1 and 1000."),
+    ("series/updates", {"start_time": "202611200700"}, 400, "Bad Request.  Variable end_time has not been set."),
+    ("series/updates", {"end_time": "202611200700"}, 400, "Bad Request.  Variable start_time has not been set."),
+    ("series/updates", {"start_time": "2026-11-20", "end_time": "202611200700"}, 400,
+     "Bad Request.  Variable start_time is not a valid time in YYYYMMDDHhmm format."),
+    ("series/vintagedates", {"series_id": "SIM000001", "limit": 10001}, 400,
+     "Bad Request.  Variable limit is not between 1 and 10000."),
+    ("series/vintagedates", {"series_id": "SIMW0001"}, 404, "Not Found.  The series does not exist."),
+    ("series/vintagedates", {"series_id": "SIM000001", "sort_order": "up"}, 400,
+     "Bad Request.  Variable sort_order is not one of the values: 'asc', 'desc'."),
+    ("series/observations", {"series_id": "SIM000001", "realtime_start": "2020-02-30"}, 400,
+     "Bad Request.  Variable realtime_start is not a valid date in YYYY-MM-DD format."),
+    ("series/observations", {"series_id": "SIM000001", "realtime_start": "2020-01-02", "realtime_end": "2020-01-01"},
+     400, "Bad Request.  Variable realtime_start can not be after realtime_end."),
+    ("series/observations", {"series_id": "SIM000001", "realtime_end": "2020-01-01", "output_type": 5}, 400,
+     "Bad Request.  Variable output_type is not one of the values: '1', '2', '3', '4'."),
 ]
 
 
@@ -397,3 +432,162 @@ async def test_fault_kind(kind: str) -> None:
         assert body == full[: len(full) // 2]
         with pytest.raises(orjson.JSONDecodeError):
             orjson.loads(body)
+
+
+# ----------------------------------------------------------- series/updates
+
+
+def updates_order(catalog: SimCatalog) -> list[str]:
+    """Servable ids by last_updated descending (as instants), ties by id: computed
+    from the metadata strings, independently of the catalog's own ordering."""
+    from fredflow.parse import parse_last_updated
+
+    stamps = {sid: parse_last_updated(catalog.meta(sid)["last_updated"]) for sid in catalog.series_ids}
+    return sorted(catalog.series_ids, key=lambda sid: (-stamps[sid].timestamp(), sid))
+
+
+async def test_updates_shape_order_and_paging(sim: SimProcess) -> None:
+    catalog = sim.catalog
+    expected = updates_order(catalog)
+    listed: list[str] = []
+    for offset in (0, 1000):
+        status, headers, body = await fetch(sim.url, "series/updates", offset=offset)
+        assert status == 200 and headers["Content-Type"] == JSON_CONTENT_TYPE
+        doc = orjson.loads(body)
+        assert list(doc) == UPDATES_ENVELOPE_KEYS
+        assert {k: doc[k] for k in UPDATES_ENVELOPE_KEYS[:-1]} == {
+            "realtime_start": "2026-11-20", "realtime_end": "2026-11-20", "filter_variable": "geography",
+            "filter_value": "all", "order_by": "last_updated", "sort_order": "desc",
+            "count": 1200, "offset": offset, "limit": 1000,
+        }
+        assert len(doc["seriess"]) == (1000 if offset == 0 else 200)
+        for entry in doc["seriess"]:
+            assert entry == catalog.meta(entry["id"])
+            assert list(entry) == (META_KEYS if "notes" in entry else META_KEYS[:-1])
+        listed += [entry["id"] for entry in doc["seriess"]]
+    assert listed == expected == catalog.updated_ids()
+    assert not set(listed) & set(catalog.withdrawn_ids)
+    # offsets (+ -05/-06) matter: ordering the strings would not give the same list
+    stamps = [catalog.meta(sid)["last_updated"] for sid in listed]
+    assert {s[-3:] for s in stamps} <= {"-05", "-06"}
+    _, _, body = await fetch(sim.url, "series/updates", limit=7, offset=13)
+    assert [e["id"] for e in orjson.loads(body)["seriess"]] == expected[13:20]
+
+
+async def test_updates_filters_and_time_window(sim: SimProcess) -> None:
+    from zoneinfo import ZoneInfo
+
+    from fredflow.parse import parse_last_updated
+
+    catalog = sim.catalog
+    expected = updates_order(catalog)
+    macro = orjson.loads((await fetch(sim.url, "series/updates", filter_value="macro", limit=5))[2])
+    assert macro["filter_value"] == "macro" and macro["count"] == 1200
+    assert [e["id"] for e in macro["seriess"]] == expected[:5]
+    regional = orjson.loads((await fetch(sim.url, "series/updates", filter_value="regional"))[2])
+    assert (regional["filter_value"], regional["count"], regional["seriess"]) == ("regional", 0, [])
+
+    # start_time/end_time: US Central wall-clock minutes, both ends included
+    chicago = ZoneInfo("America/Chicago")
+    stamps = {sid: parse_last_updated(catalog.meta(sid)["last_updated"]) for sid in catalog.series_ids}
+    for start_time, end_time in (("202611200745", "202611200815"), ("202610010000", "202611192359"),
+                                 ("203001010000", "203001020000")):
+        lo = datetime.strptime(start_time, "%Y%m%d%H%M").replace(tzinfo=chicago)
+        hi = datetime.strptime(end_time, "%Y%m%d%H%M").replace(tzinfo=chicago) + timedelta(minutes=1)
+        inside = [sid for sid in expected if lo <= stamps[sid] < hi]
+        status, _, body = await fetch(sim.url, "series/updates", start_time=start_time, end_time=end_time)
+        doc = orjson.loads(body)
+        assert status == 200 and doc["count"] == len(inside)
+        assert [e["id"] for e in doc["seriess"]] == inside[:1000]
+        if start_time.startswith("2026"):
+            assert 0 < len(inside) < 1200
+
+
+# -------------------------------------------------------------- day advance
+
+
+def test_catalog_day_advance() -> None:
+    base = SimCatalog(n_series=60, seed=3, withdrawn=2)
+    advanced = SimCatalog(n_series=60, seed=3, withdrawn=2, changes=(5, 7))
+    assert (advanced.day, advanced.today, advanced.base_today) == (2, date(2026, 11, 22), date(2026, 11, 20))
+    assert advanced.realtime == "2026-11-22"
+    day1, day2 = advanced.changed_on(1), advanced.changed_on(2)
+    assert len(day1) == len(set(day1)) == 5 and len(day2) == len(set(day2)) == 7
+    assert day1 == sorted(day1) and set(day1 + day2) <= set(advanced.series_ids)
+    assert advanced.changed_since(0) == set(day1) | set(day2) and advanced.changed_since(1) == set(day2)
+    assert advanced.changed_since(2) == set()
+    # day 1 does not depend on what happens later; same arguments, same catalog
+    assert SimCatalog(n_series=60, seed=3, changes=(5,)).changed_on(1) == day1
+    again = SimCatalog(n_series=60, seed=3, withdrawn=2, changes=(5, 7))
+    assert SimCatalog(n_series=60, seed=4, changes=(5, 7)).changed_on(1) != day1
+
+    times = []
+    for sid in advanced.series_ids:
+        before, after = base.observations(sid), advanced.observations(sid)
+        assert after.equals(again.observations(sid)) and advanced.meta(sid) == again.meta(sid)
+        old_meta, new_meta = base.meta(sid), advanced.meta(sid)
+        for meta in (old_meta, new_meta):
+            meta.pop("realtime_start"), meta.pop("realtime_end")
+        texts = advanced.served_values(sid).to_pylist()
+        values = after["value"].to_pylist()
+        assert [None if t == "." else float(t) for t in texts] == values  # bit for bit
+        days_changed = [t for t in (1, 2) if sid in advanced.changed_on(t)]
+        if not days_changed:
+            assert after.equals(before) and new_meta == old_meta
+            continue
+        n, k = before.num_rows, len(days_changed)
+        assert after.num_rows == n + k
+        dates = after["date"].to_pylist()
+        assert dates[:n] == before["date"].to_pylist()
+        assert values[-1] is not None and new_meta["observation_end"] == dates[-1].isoformat()
+        assert dates[n] > dates[n - 1]
+        assert after.slice(0, n - 3).equals(before.slice(0, n - 3))  # only the last three are revised
+        if k == 1:
+            for old, new in zip(before["value"].to_pylist()[n - 3:], values[n - 3 : n]):
+                assert (old is None and new is None) or (old is not None and new is not None and new != old)
+            decimals = {len(t.split(".")[1]) if "." in t[1:] else 0 for t in texts if t != "."}
+            assert len(decimals) == 1  # revised and new values keep the series' decimals
+        stamp = new_meta.pop("last_updated")
+        assert stamp.startswith(f"2026-11-2{days_changed[-1]} ") and stamp.endswith("-06")
+        times.append(stamp[11:19])
+        assert "07:30:00" <= stamp[11:19] < "08:30:00"
+        assert {k: v for k, v in new_meta.items() if k != "observation_end"} == {
+            k: v for k, v in old_meta.items() if k not in ("observation_end", "last_updated")}
+    assert len(times) == len(advanced.changed_since(0))
+    # the newest updates come first in series/updates
+    assert set(advanced.updated_ids()[:7]) == set(day2)
+    with pytest.raises(ValueError):
+        SimCatalog(n_series=5, changes=(6,))
+
+
+async def test_http_advance_matches_in_process_catalog() -> None:
+    config = {"n_series": 40, "seed": 11, "withdrawn": 1}
+    with SimProcess(**config) as proc:
+        first_sid = proc.catalog.series_ids[0]
+        await fetch(proc.url, "series/observations", series_id=first_sid)  # cached before the advance
+        await fetch(proc.url, "series/updates")
+        proc.reset_stats()
+        changed = proc.advance(days=2, changed=4)
+        assert proc.stats()["requests"] == 0  # the hook is not counted
+
+        truth = SimConfig(**config, changes=(4, 4)).catalog()
+        assert proc.config.changes == (4, 4) and proc.catalog.changes == (4, 4)
+        assert changed == sorted(truth.changed_since(0)) and 4 <= len(changed) <= 8
+        for sid in changed + [s for s in truth.series_ids if s not in changed][:3] + [first_sid]:
+            _, _, body = await fetch(proc.url, "series/observations", series_id=sid)
+            doc = orjson.loads(body)
+            assert doc["realtime_start"] == doc["realtime_end"] == "2026-11-22"
+            assert doc["count"] == truth.observations(sid).num_rows
+            assert_matches_catalog(doc["observations"], truth, sid)
+            _, _, body = await fetch(proc.url, "series", series_id=sid)
+            assert orjson.loads(body)["seriess"][0] == truth.meta(sid) == proc.catalog.meta(sid)
+        _, _, body = await fetch(proc.url, "series/updates")
+        assert [e["id"] for e in orjson.loads(body)["seriess"]] == updates_order(truth)
+
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{proc.root}/_sim/advance", params={"changed": 3}) as resp:
+                answer = await resp.json()
+            assert answer == {"today": "2026-11-23", "day": 3,
+                              "changed": SimConfig(**config, changes=(4, 4, 3)).catalog().changed_on(3)}
+            async with session.post(f"{proc.root}/_sim/advance", params={"changed": 41}) as resp:
+                assert resp.status == 400

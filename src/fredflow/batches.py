@@ -8,10 +8,15 @@ worker busy until the end of the run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 from dataclasses import dataclass
-from datetime import date
-from typing import Iterable, Iterator
+from datetime import date, timedelta
+from typing import Iterable, Iterator, Sequence
+
+from .errors import UsageError
 
 #: Per-task scheduling overhead in seconds, by runner (measured on this project's 2-core machine).
 TASK_OVERHEAD_SECONDS = {"asyncio": 0.0, "thread": 0.025, "dask": 0.065}
@@ -22,39 +27,162 @@ EXPECTED_MAX_THROUGHPUT = 300.0  # requests/s one run sustains when the rate is 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Series to fetch together over one time range; ``index`` is unique within a run."""
+    """Series to fetch together over one time range; ``index`` is unique within a run.
+
+    ``starts`` (parallel to ``series_ids``) overrides ``start`` per series: an
+    incremental run re-fetches each changed series from its own last
+    observation minus the revision window. ``vintages`` asks for the revision
+    history over ``[realtime_start, realtime_end]`` instead of current values.
+    """
 
     index: int
     series_ids: tuple[str, ...]
     start: date | None = None
     end: date | None = None
     fetch_metadata: bool = True
+    starts: tuple[date | None, ...] | None = None
+    vintages: bool = False
+    realtime_start: date | None = None
+    realtime_end: date | None = None
 
     def __len__(self) -> int:
         return len(self.series_ids)
 
+    def start_of(self, position: int) -> date | None:
+        """Observation start for the series at ``position``: its own start if set, never before ``start``."""
+        own = self.starts[position] if self.starts is not None else None
+        if own is None:
+            return self.start
+        return max(own, self.start) if self.start else own
+
+    @property
+    def key(self) -> str:
+        """A digest of what the batch fetches: a staged manifest is reused on resume only if it matches."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index, "series_ids": list(self.series_ids),
+            "start": _iso(self.start), "end": _iso(self.end), "fetch_metadata": self.fetch_metadata,
+            "starts": [_iso(d) for d in self.starts] if self.starts is not None else None,
+            "vintages": self.vintages, "realtime_start": _iso(self.realtime_start),
+            "realtime_end": _iso(self.realtime_end),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Batch":
+        return cls(
+            index=doc["index"], series_ids=tuple(doc["series_ids"]), start=_date(doc["start"]),
+            end=_date(doc["end"]), fetch_metadata=doc["fetch_metadata"],
+            starts=tuple(_date(d) for d in doc["starts"]) if doc.get("starts") is not None else None,
+            vintages=doc.get("vintages", False), realtime_start=_date(doc.get("realtime_start")),
+            realtime_end=_date(doc.get("realtime_end")),
+        )
+
+
+def _iso(day: date | None) -> str | None:
+    return day.isoformat() if day else None
+
+
+def _date(text: str | None) -> date | None:
+    return date.fromisoformat(text) if text else None
+
 
 def iter_batches(
-    series_ids: Iterable[str],
+    series_ids: Sequence[str],
     batch_size: int,
     *,
     start: date | None = None,
     end: date | None = None,
     fetch_metadata: bool = True,
+    starts: Sequence[date | None] | None = None,
+    windows: Sequence[tuple[date | None, date | None]] | None = None,
+    spans: Sequence[tuple[date | None, date | None] | None] | None = None,
+    first_index: int = 0,
+    vintages: bool = False,
+    realtime_start: date | None = None,
+    realtime_end: date | None = None,
 ) -> Iterator[Batch]:
-    """Yield consecutive batches of at most ``batch_size`` ids, lazily."""
+    """Yield consecutive batches of at most ``batch_size`` ids, lazily.
+
+    With ``windows`` (a backfill), every window × every chunk of series is one
+    batch: window-major, so the first window's batches go out first; only the
+    first window's batches fetch series metadata. ``spans`` (parallel to
+    ``series_ids``: each series' first and last observation, from its metadata)
+    leaves a series out of the windows its history does not reach, except an
+    open last window (``end`` None), which every series gets so that a backfill
+    always reads through the latest observation.
+    ``starts`` gives each series its own observation start (parallel to ``series_ids``).
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    chunk: list[str] = []
-    index = 0
-    for series_id in series_ids:
-        chunk.append(series_id)
-        if len(chunk) == batch_size:
-            yield Batch(index, tuple(chunk), start, end, fetch_metadata)
+    if spans is not None and fetch_metadata:
+        raise ValueError("spans come from metadata already fetched: fetch_metadata must be False")
+    index = first_index
+    for window_number, (window_start, window_end) in enumerate(windows or [(start, end)]):
+        positions = [i for i in range(len(series_ids))
+                     if spans is None or window_end is None or _reaches(spans[i], window_start, window_end)]
+        for offset in range(0, len(positions), batch_size):
+            chosen = positions[offset:offset + batch_size]
+            chunk = tuple(series_ids[i] for i in chosen)
+            chunk_starts = tuple(starts[i] for i in chosen) if starts is not None else None
+            # metadata once per series: with the first window's batch
+            yield Batch(index, chunk, window_start, window_end, fetch_metadata and window_number == 0, chunk_starts,
+                        vintages, realtime_start, realtime_end)
             index += 1
-            chunk = []
-    if chunk:
-        yield Batch(index, tuple(chunk), start, end, fetch_metadata)
+
+
+def _reaches(span: tuple[date | None, date | None] | None, window_start: date | None, window_end: date) -> bool:
+    """Whether a series observed over ``span`` has observations in ``[window_start, window_end]``."""
+    if span is None:
+        return True  # unknown (its metadata failed): let the fetch tell
+    first, last = span
+    return (first is None or first <= window_end) and (last is None or window_start is None or last >= window_start)
+
+
+_SPAN = re.compile(r"^\s*(\d+)\s*([ymwd])\s*$", re.IGNORECASE)
+
+
+def parse_span(text: str, flag: str = "--window") -> tuple[int, str]:
+    """``"10y"`` → ``(10, "y")``; units y(ears), m(onths), w(eeks), d(ays)."""
+    match = _SPAN.match(text or "")
+    if not match or int(match.group(1)) < 1:
+        raise UsageError(f"{flag} {text!r}: use a whole number and a unit, e.g. 10y, 18m, 6w or 90d")
+    return int(match.group(1)), match.group(2).lower()
+
+
+def shift(day: date, count: int, unit: str) -> date:
+    """``day`` moved by ``count`` units (negative: back); month ends clamp (Mar 31 - 1m = Feb 28/29)."""
+    if unit == "d":
+        return day + timedelta(days=count)
+    if unit == "w":
+        return day + timedelta(weeks=count)
+    months = count * (12 if unit == "y" else 1)
+    year, month = divmod(day.year * 12 + day.month - 1 + months, 12)
+    month += 1
+    for clamp in (day.day, 30, 29, 28):
+        try:
+            return date(year, month, min(day.day, clamp))
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def windows(start: date, end: date, span: str | int) -> list[tuple[date, date]]:
+    """``[start, end]`` cut into consecutive, non-overlapping windows of ``span`` (``"10y"``, or years as an int).
+
+    Every day of ``[start, end]`` is in exactly one window; the last one may be shorter.
+    """
+    count, unit = (span, "y") if isinstance(span, int) else parse_span(span)
+    if count < 1:
+        raise UsageError("window must be at least 1 year")
+    out = []
+    cursor = start
+    while cursor <= end:
+        window_end = min(end, shift(cursor, count, unit) - timedelta(days=1))
+        out.append((cursor, window_end))
+        cursor = window_end + timedelta(days=1)
+    return out
 
 
 def auto_batch_size(n_series: int, *, slots: int, rate: float, runner: str = "asyncio",

@@ -72,28 +72,72 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-attempts", type=_positive_int, help="attempts per request on 5xx/timeouts (default 5)")
 
 
+def _add_db_and_catalog(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, required=True, help="DuckDB file (created if missing)")
+    _add_catalog_options(parser)
+    _add_api_options(parser)
+
+
+def _add_vintage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vintages", action="store_true",
+                        help="store the revision history (ALFRED) in the vintages table instead of current values")
+    parser.add_argument("--realtime-start", type=_date, help="--vintages: first vintage date (default 1776-07-04)")
+    parser.add_argument("--realtime-end", type=_date, help="--vintages: last vintage date (default 9999-12-31)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
+    parser.add_argument("--runner", choices=("asyncio", "thread", "dask"), default="asyncio",
+                        help="asyncio: one event loop here (default); thread/dask: the Prefect flow fredflow-ingest")
+    parser.add_argument("--workers", type=_positive_int, help="dask: worker processes of the local cluster (default 2)")
+    parser.add_argument("--threads-per-worker", type=_positive_int, help="dask: threads per worker process (default 4)")
+    parser.add_argument("--thread-slots", type=_positive_int, help="thread: batches run at once (default 8)")
+    parser.add_argument("--dask-address", help="dask: use an existing cluster, e.g. tcp://10.0.0.5:8786")
+    if batch_size:
+        parser.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
+                            help="series per batch (default auto)")
+    parser.add_argument("--staging-dir", type=Path, help="where runs stage files (default: beside the db)")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object with the summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fredflow", description="Ingest FRED time series into DuckDB.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ingest = commands.add_parser("ingest", help="fetch series and merge them into DuckDB in one transaction")
-    ingest.add_argument("--db", type=Path, required=True, help="DuckDB file (created if missing)")
-    _add_catalog_options(ingest)
-    _add_api_options(ingest)
-    ingest.add_argument("--runner", choices=("asyncio", "thread", "dask"), default="asyncio",
-                        help="asyncio: one event loop here (default); thread/dask: the Prefect flow fredflow-ingest")
-    ingest.add_argument("--workers", type=_positive_int, help="dask: worker processes of the local cluster (default 2)")
-    ingest.add_argument("--threads-per-worker", type=_positive_int, help="dask: threads per worker process (default 4)")
-    ingest.add_argument("--thread-slots", type=_positive_int, help="thread: batches run at once (default 8)")
-    ingest.add_argument("--dask-address", help="dask: use an existing cluster, e.g. tcp://10.0.0.5:8786")
-    ingest.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
-                        help="series per batch (default auto)")
+    _add_db_and_catalog(ingest)
+    ingest.add_argument("--mode", choices=("full", "incremental"), default="full",
+                        help="full: every series (default); incremental: only series changed since the last run "
+                             "(the first run loads everything)")
+    ingest.add_argument("--revision-window", default="2y", metavar="SPAN",
+                        help="incremental: re-fetch a changed series from its last observation minus this "
+                             "(default 2y; e.g. 18m, 90d)")
+    ingest.add_argument("--reset-state", action="store_true",
+                        help="forget what earlier runs fetched: this run is an initial load")
     ingest.add_argument("--start", type=_date, help="first observation date, YYYY-MM-DD")
     ingest.add_argument("--end", type=_date, help="last observation date, YYYY-MM-DD")
-    ingest.add_argument("--staging-dir", type=Path, help="where runs stage files (default: beside the db)")
-    ingest.add_argument("--json", action="store_true", help="print exactly one JSON object with the summary")
-    ingest.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_vintage_options(ingest)
+    _add_run_options(ingest)
+
+    backfill = commands.add_parser(
+        "backfill", help="all history in windows × series batches, fanned out together, merged in one transaction")
+    _add_db_and_catalog(backfill)
+    backfill.add_argument("--start", type=_date, required=True, help="first observation date, YYYY-MM-DD")
+    backfill.add_argument("--end", type=_date, help="last observation date (default: through the latest)")
+    backfill.add_argument("--window", default="10y", metavar="SPAN",
+                          help="length of one window of observation dates (default 10y; e.g. 5y, 18m)")
+    _add_vintage_options(backfill)
+    _add_run_options(backfill)
+
+    resume = commands.add_parser("resume", help="finish a run that was killed or whose merge failed "
+                                                "(fetches only the batches it had not staged)")
+    resume.add_argument("run_id", help="the run's id (see 'fredflow runs')")
+    resume.add_argument("--db", type=Path, required=True, help="DuckDB file the run ingests into")
+    resume.add_argument("--force", action="store_true",
+                        help="resume even though newer runs were committed since (their newer values may be replaced)")
+    _add_api_options(resume)
+    _add_run_options(resume, batch_size=False)
 
     serve = commands.add_parser("serve", help="serve the daily ingest deployment on a schedule (Prefect flow.serve)")
     serve.add_argument("--db", type=Path, required=True, help="DuckDB file the scheduled runs ingest into")
@@ -112,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--db", type=Path, required=True)
     runs.add_argument("--limit", type=_positive_int, default=20)
     runs.add_argument("--json", action="store_true")
+    runs.add_argument("--staging-dir", type=Path, help="where runs were staged, if not beside the db")
 
     commands.add_parser("sim", help="start the embedded FRED-compatible simulator (see 'fredflow sim --help')",
                         add_help=False)
@@ -120,14 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace, stored: dict | None = None):
+    """Settings from the environment and the flags; ``stored`` (a resumed run's own) sits between them."""
     from .settings import Settings
 
+    given = dict(api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
+                 concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts)
     try:
-        return Settings.from_env(
-            api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
-            concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts,
-        )
+        return Settings.from_env(**{**(stored or {}), **{k: v for k, v in given.items() if v is not None}})
     except ValueError as exc:  # pydantic validation
         raise UsageError(str(exc).splitlines()[0]) from None
 
@@ -142,21 +187,25 @@ def _runner_options(args: argparse.Namespace) -> dict:
     return given
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def _catalog_spec(args: argparse.Namespace):
     from .catalog import CatalogSpec
-    from .pipeline import ingest
-    from .progress import for_terminal
 
-    spec = CatalogSpec(
+    return CatalogSpec(
         series=tuple(args.series.split(",")) if args.series is not None else None,
         series_file=args.series_file, release=args.release, category=args.category,
     )
+
+
+def _execute(args: argparse.Namespace, settings=None, **run) -> int:
+    """Run the pipeline with the common options of ingest/backfill/resume and print the summary."""
+    from .pipeline import ingest
+    from .progress import for_terminal
+
     try:
         summary = ingest(
-            args.db, spec, settings=_settings(args), runner=args.runner, runner_options=_runner_options(args),
-            batch_size=args.batch_size,
-            start=args.start, end=args.end, staging_root=args.staging_dir,
-            progress=for_terminal(quiet=args.quiet or args.json and not sys.stderr.isatty()),
+            args.db, settings=settings or _settings(args), runner=args.runner, runner_options=_runner_options(args),
+            staging_root=args.staging_dir,
+            progress=for_terminal(quiet=args.quiet or args.json and not sys.stderr.isatty()), **run,
         )
     except FatalRunError as exc:
         if args.json:
@@ -165,7 +214,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
     else:
-        print(f"run {summary.run_id} {summary.status}: {summary.n_series} series, {summary.n_rows:,} rows, "
+        scope = ""
+        if summary.mode == "incremental":
+            scope = f" ({summary.n_series} of {summary.n_catalog} catalog series changed or new)"
+        elif summary.resumed_batches:
+            scope = f" (resumed: {summary.resumed_batches} batches were already staged)"
+        print(f"run {summary.run_id} {summary.status}: {summary.n_series} series{scope}, {summary.n_rows:,} rows, "
               f"{summary.n_failed} failed, {summary.requests} requests ({summary.retries} retries, "
               f"{summary.throttled} throttled) in {summary.seconds:.1f}s; fetch at {summary.achieved_rps:.1f} req/s "
               f"= {summary.utilization:.0%} of --rate")
@@ -173,6 +227,26 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             shown = ", ".join(summary.failed[:10]) + (" …" if len(summary.failed) > 10 else "")
             print(f"failed series: {shown} (details: SELECT * FROM ingest_failures WHERE run_id = '{summary.run_id}')")
     return summary.exit_code
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    return _execute(args, catalog=_catalog_spec(args), batch_size=args.batch_size, start=args.start, end=args.end,
+                    mode=args.mode, revision_window=args.revision_window, reset_state=args.reset_state,
+                    vintages=args.vintages, realtime_start=args.realtime_start, realtime_end=args.realtime_end)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    return _execute(args, catalog=_catalog_spec(args), batch_size=args.batch_size, start=args.start, end=args.end,
+                    mode="backfill", window=args.window, vintages=args.vintages,
+                    realtime_start=args.realtime_start, realtime_end=args.realtime_end)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """The run's own settings (api url, rate, …) unless given again; the key from --api-key or FRED_API_KEY."""
+    from .pipeline import stored_settings
+
+    stored = stored_settings(args.db, args.run_id, args.staging_dir)
+    return _execute(args, settings=_settings(args, stored), catalog=None, resume=args.run_id, force=args.force)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -204,23 +278,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from .store import recent_runs
 
-    if not args.db.exists():
+    from .settings import default_staging_root
+
+    if not args.db.exists() and not (args.staging_dir or default_staging_root(args.db)).exists():
         raise UsageError(f"no database at {args.db}")
+    from .pipeline import resumable_runs
+
     rows = recent_runs(args.db, args.limit)
+    resumable = resumable_runs(args.db, args.staging_dir)
     if args.json:
-        sys.stdout.write(orjson.dumps(rows, default=str).decode() + "\n")
+        unfinished = [{"run_id": r.run_id, "started_at": r.started_at, "status": r.status, "mode": r.mode,
+                       "staged_batches": r.staged_batches, "n_batches": r.n_batches, "staging": r.staging}
+                      for r in resumable]
+        sys.stdout.write(orjson.dumps(unfinished + rows, default=str).decode() + "\n")
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run_id", "started", "status", "runner", "series", "failed", "rows", "requests", "retries",
-                  "429s", "seconds", "req/s", "util")
+    table = Table("run_id", "started", "status", "mode", "runner", "series", "of catalog", "failed", "rows",
+                  "requests", "retries", "429s", "seconds", "req/s", "util")
     for r in rows:
-        table.add_row(r["run_id"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}", r["status"], r["runner"],
-                      str(r["n_series"]), str(r["n_failed"]), f"{r['n_rows']:,}", str(r["requests"]),
-                      str(r["retries"]), str(r["throttled"]), f"{r['seconds']:.1f}", f"{r['achieved_rps']:.1f}",
-                      f"{r['utilization'] or 0:.0%}")
-    Console().print(table)
+        table.add_row(r["run_id"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}", r["status"], r.get("mode") or "",
+                      r["runner"], str(r["n_series"]), str(r.get("n_catalog") or ""), str(r["n_failed"]),
+                      f"{r['n_rows']:,}", str(r["requests"]), str(r["retries"]), str(r["throttled"]),
+                      f"{r['seconds']:.1f}", f"{r['achieved_rps']:.1f}", f"{r['utilization'] or 0:.0%}")
+    console = Console()
+    console.print(table)
+    if resumable:
+        pending = Table("run_id", "started", "status", "mode", "staged batches", "staging folder",
+                        title="unfinished runs: finish a resumable one with 'fredflow resume RUN_ID --db …'")
+        for r in resumable:
+            pending.add_row(r.run_id, r.started_at[:19].replace("T", " "), r.status, r.mode,
+                            f"{r.staged_batches}/{r.n_batches}", r.staging)
+        console.print(pending)
     return 0
 
 
@@ -240,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "asyncio", "distributed", "prefect"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return {"ingest": cmd_ingest, "runs": cmd_runs, "serve": cmd_serve}[args.command](args)
+        commands = {"ingest": cmd_ingest, "backfill": cmd_backfill, "resume": cmd_resume, "runs": cmd_runs,
+                    "serve": cmd_serve}
+        return commands[args.command](args)
     except UsageError as exc:
         sys.stderr.write(f"fredflow: error: {exc}\n")
         return EXIT_USAGE

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import date
 
 import aiohttp
 
@@ -22,6 +23,9 @@ from .limiter import AdaptiveLimiter, Limiter
 from .quota import RemoteLimiter
 from .settings import Settings
 from .stage import BatchManifest, RunStaging, SeriesFailure
+
+VINTAGE_EARLIEST = date(1776, 7, 4)  # ALFRED's real-time bounds
+VINTAGE_LATEST = date(9999, 12, 31)
 
 
 @dataclass(slots=True)
@@ -60,27 +64,34 @@ class FetchContext:
             await self.limiter.close()
 
 
-async def _fetch_series(client: FredClient, batch: Batch, series_id: str):
+async def _fetch_series(client: FredClient, batch: Batch, position: int):
+    series_id = batch.series_ids[position]
     meta = await client.series(series_id) if batch.fetch_metadata else None
-    observations = await client.observations(series_id, batch.start, batch.end)
-    return meta, observations
+    if batch.vintages:
+        rows = await client.vintages(series_id, batch.realtime_start or VINTAGE_EARLIEST,
+                                     batch.realtime_end or VINTAGE_LATEST,
+                                     observation_start=batch.start_of(position), observation_end=batch.end)
+    else:
+        rows = await client.observations(series_id, batch.start_of(position), batch.end)
+    return meta, rows
 
 
 async def fetch_batch(batch: Batch, staging: RunStaging, ctx: FetchContext) -> BatchManifest:
     """Fetch every series of ``batch`` (bounded by ``ctx.semaphore``) and stage it."""
     started = time.perf_counter()
     stats = RequestStats()
-    manifest = BatchManifest(batch_index=batch.index)
+    manifest = BatchManifest(batch_index=batch.index, batch_key=batch.key)
     writer = staging.batch_writer(batch.index)
     own_session = ctx.session is None
     session = ctx.session or new_session(ctx.settings, ctx.settings.concurrency)
     try:
         client = FredClient(session, ctx.settings, ctx.limiter, stats=stats)
 
-        async def one(series_id: str) -> None:
+        async def one(position: int) -> None:
+            series_id = batch.series_ids[position]
             async with ctx.semaphore:
                 try:
-                    meta, observations = await _fetch_series(client, batch, series_id)
+                    meta, rows = await _fetch_series(client, batch, position)
                 except FatalRunError:
                     raise
                 except FredError as exc:
@@ -91,12 +102,15 @@ async def fetch_batch(batch: Batch, staging: RunStaging, ctx: FetchContext) -> B
             # Staging happens outside the semaphore: the slot goes back to the network at once.
             if meta is not None:
                 writer.add_series(meta)
-            writer.add_observations(series_id, observations)
+            if batch.vintages:
+                writer.add_vintages(series_id, rows)
+            else:
+                writer.add_observations(series_id, rows)
             manifest.succeeded.append(series_id)
 
         async with asyncio.TaskGroup() as group:
-            for series_id in batch.series_ids:
-                group.create_task(one(series_id))
+            for position in range(len(batch.series_ids)):
+                group.create_task(one(position))
     except BaseExceptionGroup as group_error:  # surface the first fatal error itself
         raise group_error.exceptions[0] from None
     finally:

@@ -20,11 +20,12 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from datetime import date
-from typing import Any, Callable, TypeVar
+from datetime import date, timedelta
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import aiohttp
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import (
     BadApiKey,
@@ -36,12 +37,27 @@ from .errors import (
     TransientError,
 )
 from .limiter import Limiter
-from .parse import OBSERVATION_SCHEMA, Page, ResponseFormatError, concat, decode, parse_observations, parse_series_list
+from .parse import (
+    OBSERVATION_SCHEMA,
+    VINTAGE_DATES_SCHEMA,
+    VINTAGE_SCHEMA,
+    Page,
+    ResponseFormatError,
+    concat,
+    decode,
+    parse_observations,
+    parse_series_list,
+    parse_vintage_dates,
+    parse_vintage_observations,
+    stitch_vintages,
+)
 from .settings import Settings
 
 T = TypeVar("T")
 
 LIST_PAGE_LIMIT = 1000  # FRED's maximum for release/category/updates listings
+VINTAGE_DATES_PAGE_LIMIT = 10_000  # FRED's maximum for series/vintagedates
+MAX_VINTAGE_DATES = 2000  # FRED refuses a real-time observations request spanning more vintage dates
 
 
 @dataclass
@@ -190,23 +206,34 @@ class FredClient:
 
         The first page tells ``count``; the remaining pages are fetched concurrently.
         """
-        limit = self._settings.page_limit
         params = {
             "series_id": series_id,
             "observation_start": start.isoformat() if start else None,
             "observation_end": end.isoformat() if end else None,
-            "limit": limit,
         }
-        first: Page = await self._request("series/observations", {**params, "offset": 0}, parse_observations)
+        table = await self._all_pages("series/observations", params, parse_observations, OBSERVATION_SCHEMA,
+                                      self._settings.page_limit, series_id)
+        if table.num_rows > 1:
+            # pages read while FRED revised the series could overlap; a run must never stage a date twice
+            dates = table.column("date").combine_chunks()
+            if not pc.all(pc.greater(dates.slice(1), dates.slice(0, len(dates) - 1))).as_py():
+                raise TransientError(f"{series_id}: observation dates out of order or repeated across pages")
+        return table
+
+    async def _all_pages(self, endpoint: str, params: dict[str, Any], parse: Callable[[bytes], Page],
+                         schema: pa.Schema, limit: int, what: str) -> pa.Table:
+        """Every page of a ``limit``/``offset`` endpoint: the first tells ``count``, the rest go concurrently.
+        Fewer rows than announced (a page lost or cut) is a :class:`TransientError`."""
+        first: Page = await self._request(endpoint, {**params, "limit": limit, "offset": 0}, parse)
         pages = [first]
         if first.count > first.table.num_rows:
             offsets = range(first.table.num_rows, first.count, limit)
             pages += await asyncio.gather(
-                *(self._request("series/observations", {**params, "offset": o}, parse_observations) for o in offsets)
+                *(self._request(endpoint, {**params, "limit": limit, "offset": o}, parse) for o in offsets)
             )
-        table = concat([p.table for p in pages], OBSERVATION_SCHEMA)
+        table = concat([p.table for p in pages], schema)
         if table.num_rows != first.count:
-            raise TransientError(f"{series_id}: read {table.num_rows} rows, FRED announced {first.count}")
+            raise TransientError(f"{what}: read {table.num_rows} rows, FRED announced {first.count}")
         return table
 
     async def _listing(self, endpoint: str, params: dict[str, Any]) -> pa.Table:
@@ -225,6 +252,104 @@ class FredClient:
     async def category_series(self, category_id: int) -> pa.Table:
         """``category/series``: metadata of every series in a category (pages of 1000)."""
         return await self._listing("category/series", {"category_id": category_id})
+
+    async def series_updates(self, *, filter_value: str = "all") -> AsyncIterator[Page]:
+        """``series/updates``: series metadata, most recently updated first, one page (1000) at a time.
+
+        A generator so the caller stops paging as soon as it reaches updates it
+        has already seen: a daily run reads a page or two, not FRED's whole list.
+        """
+        offset, count = 0, None
+        while count is None or offset < count:
+            page = await self._request(
+                "series/updates",
+                {"filter_value": filter_value, "limit": LIST_PAGE_LIMIT, "offset": offset},
+                parse_series_list,
+            )
+            count = page.count
+            yield page
+            if page.table.num_rows == 0:
+                return
+            offset += page.table.num_rows
+
+    # -- vintages (ALFRED) -------------------------------------------------------
+
+    async def vintage_dates(
+        self, series_id: str, realtime_start: date | None = None, realtime_end: date | None = None
+    ) -> list[date]:
+        """``series/vintagedates``: the dates the series' data changed on, ascending (pages of 10000)."""
+        params = {
+            "series_id": series_id,
+            "realtime_start": realtime_start.isoformat() if realtime_start else None,
+            "realtime_end": realtime_end.isoformat() if realtime_end else None,
+        }
+        table = await self._all_pages("series/vintagedates", params, parse_vintage_dates, VINTAGE_DATES_SCHEMA,
+                                      VINTAGE_DATES_PAGE_LIMIT, f"{series_id} vintage dates")
+        return table.column("vintage_date").to_pylist()
+
+    async def vintages(
+        self,
+        series_id: str,
+        realtime_start: date,
+        realtime_end: date,
+        *,
+        observation_start: date | None = None,
+        observation_end: date | None = None,
+        max_vintage_dates: int = MAX_VINTAGE_DATES,
+    ) -> pa.Table:
+        """Every real-time period of the series' observations that intersects
+        ``[realtime_start, realtime_end]``, clipped to it, as one request without
+        FRED's vintage-date limit would return it (:data:`~fredflow.parse.VINTAGE_SCHEMA`,
+        sorted by date, realtime_start).
+
+        FRED refuses a request whose real-time period holds more than 2000 vintage
+        dates, so the period is split (:func:`vintage_ranges`, from ``series/vintagedates``)
+        into consecutive ranges of at most ``max_vintage_dates``; the ranges are fetched
+        concurrently, each paged like :meth:`observations`, and a period FRED cut at a
+        range boundary is joined again (:func:`~fredflow.parse.stitch_vintages`).
+        """
+        vintage_dates = await self.vintage_dates(series_id, realtime_start, realtime_end)
+        ranges = vintage_ranges(vintage_dates, realtime_start, realtime_end, max_vintage_dates)
+        tables = await asyncio.gather(
+            *(self._vintage_range(series_id, start, end, observation_start, observation_end) for start, end in ranges)
+        )
+        return stitch_vintages(list(tables), [end for _, end in ranges[:-1]])
+
+    async def _vintage_range(
+        self, series_id: str, realtime_start: date, realtime_end: date,
+        observation_start: date | None, observation_end: date | None,
+    ) -> pa.Table:
+        """One real-time range of ``series/observations``, every page."""
+        params = {
+            "series_id": series_id,
+            "realtime_start": realtime_start.isoformat(),
+            "realtime_end": realtime_end.isoformat(),
+            "observation_start": observation_start.isoformat() if observation_start else None,
+            "observation_end": observation_end.isoformat() if observation_end else None,
+        }
+        return await self._all_pages("series/observations", params, parse_vintage_observations, VINTAGE_SCHEMA,
+                                     self._settings.page_limit, f"{series_id} {realtime_start}..{realtime_end}")
+
+
+def vintage_ranges(
+    vintage_dates: list[date], realtime_start: date, realtime_end: date, max_vintage_dates: int = MAX_VINTAGE_DATES
+) -> list[tuple[date, date]]:
+    """Split ``[realtime_start, realtime_end]`` into consecutive ranges holding at most
+    ``max_vintage_dates`` of ``vintage_dates`` each.
+
+    Range i starts on its first vintage date (range 0 on ``realtime_start``) and ends the
+    day before the next range's first vintage date (the last range on ``realtime_end``),
+    so the ranges tile the period without gap or overlap.
+    """
+    if max_vintage_dates < 1:
+        raise ValueError("max_vintage_dates must be >= 1")
+    if realtime_start > realtime_end:
+        raise ValueError("realtime_start is after realtime_end")
+    inside = sorted(d for d in set(vintage_dates) if realtime_start <= d <= realtime_end)
+    firsts = inside[max_vintage_dates::max_vintage_dates]
+    starts = [realtime_start, *firsts]
+    ends = [d - timedelta(days=1) for d in firsts] + [realtime_end]
+    return list(zip(starts, ends))
 
 
 def _strip_url(exc: BaseException) -> str:

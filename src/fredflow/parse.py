@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 OBSERVATION_SCHEMA = pa.schema(
     [
@@ -168,4 +169,72 @@ def concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+# -- vintages (ALFRED) -------------------------------------------------------------
+
+VINTAGE_SCHEMA = pa.schema(
+    [
+        ("date", pa.date32()),
+        ("realtime_start", pa.date32()),
+        ("realtime_end", pa.date32()),
+        ("value", pa.float64()),
+    ]
+)
+"""Real-time observation rows: ``value`` of ``date`` as known from ``realtime_start`` to ``realtime_end``."""
+
+VINTAGE_DATES_SCHEMA = pa.schema([("vintage_date", pa.date32())])
+
+
+def parse_vintage_observations(body: bytes | str | dict) -> Page:
+    """A real-time ``series/observations`` response (``realtime_start``/``realtime_end``
+    given, any ``output_type`` of rows) → :class:`Page` of :data:`VINTAGE_SCHEMA` rows."""
+    page = parse_observations(body)
+    return Page(count=page.count, offset=page.offset, limit=page.limit, table=page.table.select(VINTAGE_SCHEMA.names))
+
+
+def parse_vintage_dates(body: bytes | str | dict) -> Page:
+    """A ``series/vintagedates`` response → :class:`Page` of :data:`VINTAGE_DATES_SCHEMA` rows."""
+    doc = decode(body) if isinstance(body, (bytes, str)) else body
+    try:
+        dates = doc["vintage_dates"]
+        count, offset, limit = int(doc["count"]), int(doc["offset"]), int(doc["limit"])
+        column = pa.array(dates, pa.string()).cast(pa.date32())
+    except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
+        raise ResponseFormatError(f"not a vintagedates response: {exc}") from None
+    table = pa.Table.from_arrays([column], schema=VINTAGE_DATES_SCHEMA)
+    return Page(count=count, offset=offset, limit=limit, table=table)
+
+
+def stitch_vintages(tables: list[pa.Table], boundaries: list[date]) -> pa.Table:
+    """Join real-time rows fetched over consecutive real-time ranges into one history.
+
+    ``tables`` hold :data:`VINTAGE_SCHEMA` rows of consecutive ranges whose ends
+    (all but the last) are ``boundaries``. FRED clips every period to the range
+    asked for, so a period crossing a boundary arrives as two rows: one ending
+    on the boundary and one starting the next day, same date, same value (NULL
+    equal to NULL). Exactly those pairs are joined (repeatedly, for periods
+    spanning several ranges). Result sorted by date, realtime_start.
+    """
+    table = concat(tables, VINTAGE_SCHEMA)
+    if table.num_rows == 0:
+        return table
+    table = table.combine_chunks()
+    table = table.take(pc.sort_indices(table, sort_keys=[("date", "ascending"), ("realtime_start", "ascending")]))
+    day = np.asarray(table.column("date").cast(pa.int32()))
+    start = np.asarray(table.column("realtime_start").cast(pa.int32()))
+    end = np.asarray(table.column("realtime_end").cast(pa.int32()))
+    value = table.column("value")
+    valid = np.asarray(value.is_valid())
+    numbers = np.asarray(value.fill_null(0.0))
+    ends_on_boundary = np.isin(end[:-1], np.array([(b - _EPOCH).days for b in boundaries], dtype=np.int32))
+    continues = (
+        (day[1:] == day[:-1])
+        & (start[1:] == end[:-1] + 1)
+        & ends_on_boundary
+        & (valid[1:] == valid[:-1])
+        & (~valid[1:] | (numbers[1:] == numbers[:-1]))
+    )
+    first = np.flatnonzero(np.concatenate([[True], ~continues]))
+    last = np.concatenate([first[1:] - 1, [table.num_rows - 1]])
+    joined = table.take(pa.array(first))
+    return joined.set_column(2, "realtime_end", pa.array(end[last], pa.int32()).cast(pa.date32()))
 

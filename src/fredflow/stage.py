@@ -3,8 +3,11 @@
 Layout of one run (``<staging root>/<run_id>/``)::
 
     run.json                       what the run was asked to do (no secrets)
-    catalog.series.parquet         series metadata from a release/category listing
+    plan.json                      the run's series groups, windows, batch size: `fredflow resume` regenerates its batches
+    run.lock                       flock held by the process running the run (a live run is never resumed)
+    catalog.series.parquet         series metadata from a listing (release, category, series/updates)
     batch-000007.obs-000.parquet   observations of batch 7 (several files if large)
+    batch-000007.vin-000.parquet   vintages of batch 7 (a --vintages run)
     batch-000007.series.parquet    metadata fetched for batch 7
     batch-000007.manifest.json     written last: the batch is complete
 
@@ -18,6 +21,7 @@ A write that fails (disk full, read-only) raises a one-line
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -28,10 +32,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import FatalRunError
+from .errors import FatalRunError, StoreBusy
 from .parse import SERIES_SCHEMA, STAGED_OBSERVATION_SCHEMA, with_series_id
 
+STAGED_VINTAGE_SCHEMA = pa.schema([
+    ("series_id", pa.string()), ("date", pa.date32()), ("realtime_start", pa.date32()),
+    ("realtime_end", pa.date32()), ("value", pa.float64()),
+])
+
 FLUSH_ROWS = 1_000_000
+_HELD: dict[str, int] = {}  # run folder -> fd of its held run.lock (this process)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +61,7 @@ class BatchManifest:
     batch_index: int
     observation_files: list[str] = field(default_factory=list)
     series_files: list[str] = field(default_factory=list)
+    vintage_files: list[str] = field(default_factory=list)
     rows: int = 0
     succeeded: list[str] = field(default_factory=list)
     failures: list[SeriesFailure] = field(default_factory=list)
@@ -60,10 +71,30 @@ class BatchManifest:
     seconds: float = 0.0
     first_request_at: float | None = None
     last_request_at: float | None = None
+    batch_key: str = ""  # Batch.key of the batch it describes: a resume checks it against the plan
 
     @property
     def n_series(self) -> int:
         return len(self.succeeded) + len(self.failures)
+
+    def check_files(self) -> str | None:
+        """Why the staged files do not match this manifest (missing, unreadable, wrong row count), or None.
+
+        Every file is read to the end (its data pages, not only its footer), a
+        batch at a time, so a file damaged in the middle is caught here and not
+        by the merge.
+        """
+        staged_rows = 0
+        for path in self.observation_files + self.vintage_files + self.series_files:
+            try:
+                rows = sum(b.num_rows for b in pq.ParquetFile(path).iter_batches(batch_size=65536))
+            except (OSError, pa.ArrowException) as exc:
+                return f"{Path(path).name}: {exc}"
+            if path not in self.series_files:
+                staged_rows += rows
+        if staged_rows != self.rows:
+            return f"batch {self.batch_index}: {staged_rows} rows staged, manifest says {self.rows}"
+        return None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -72,7 +103,8 @@ class BatchManifest:
     def from_json(cls, raw: bytes) -> "BatchManifest":
         doc = orjson.loads(raw)
         doc["failures"] = [SeriesFailure(**f) for f in doc["failures"]]
-        return cls(**doc)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in doc.items() if k in known})
 
 
 @contextlib.contextmanager
@@ -124,6 +156,65 @@ class RunStaging:
         _write_parquet(path, series.cast(SERIES_SCHEMA))
         return str(path)
 
+    def write_plan(self, plan: dict[str, Any]) -> None:
+        _atomic_write_bytes(self.path / "plan.json", orjson.dumps(plan, default=str))
+
+    def read_plan(self) -> dict[str, Any] | None:
+        """The plan, None if there is none; ``ValueError`` if it is damaged."""
+        try:
+            doc = orjson.loads((self.path / "plan.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError("not a plan")
+        return doc
+
+    def hold(self) -> None:
+        """Take the run's lock for this process's lifetime (until :meth:`release`); :class:`StoreBusy`
+        if another live process holds it. The kernel drops it when the process dies."""
+        fd = os.open(self.path / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise StoreBusy(f"run {self.run_id} is still running" + (f" (pid {holder})" if holder else "")
+                            + "; wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[str(self.path)] = fd
+
+    def release(self) -> None:
+        fd = _HELD.pop(str(self.path), None)
+        if fd is not None:
+            os.close(fd)
+
+    def is_held(self) -> bool:
+        """True while some live process runs this run (holds its lock)."""
+        if str(self.path) in _HELD:
+            return True
+        try:
+            fd = os.open(self.path / "run.lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def read_run_info(self) -> dict[str, Any]:
+        return orjson.loads((self.path / "run.json").read_bytes())
+
+    def discard_batch(self, batch_index: int) -> None:
+        """Drop a batch's manifest and files: it will be fetched again."""
+        for path in self.path.glob(f"batch-{batch_index:06d}.*"):
+            path.unlink(missing_ok=True)
+
     @property
     def catalog_files(self) -> list[str]:
         path = self.path / "catalog.series.parquet"
@@ -133,10 +224,17 @@ class RunStaging:
         return BatchWriter(self.path, batch_index, flush_rows)
 
     def manifests(self) -> list[BatchManifest]:
-        """Manifests of the batches completed so far, in batch order."""
-        return [BatchManifest.from_json(p.read_bytes()) for p in sorted(self.path.glob("batch-*.manifest.json"))]
+        """Manifests of the batches completed so far, in batch order; a damaged one drops its batch."""
+        out = []
+        for path in sorted(self.path.glob("batch-*.manifest.json")):
+            try:
+                out.append(BatchManifest.from_json(path.read_bytes()))
+            except (OSError, ValueError, TypeError, KeyError):
+                self.discard_batch(int(path.name.split(".")[0].split("-")[1]))
+        return out
 
     def remove(self) -> None:
+        self.release()
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -151,6 +249,9 @@ class BatchWriter:
         self._pending_rows = 0
         self._series: list[pa.Table] = []
         self.observation_files: list[str] = []
+        self.vintage_files: list[str] = []
+        self._vintages: list[pa.Table] = []
+        self._vintage_rows = 0
         self.rows = 0
 
     def add_observations(self, series_id: str, observations: pa.Table) -> None:
@@ -159,6 +260,22 @@ class BatchWriter:
         self.rows += observations.num_rows
         if self._pending_rows >= self._flush_rows:
             self._flush()
+
+    def add_vintages(self, series_id: str, vintages: pa.Table) -> None:
+        self._vintages.append(with_series_id(series_id, vintages))
+        self._vintage_rows += vintages.num_rows
+        self.rows += vintages.num_rows
+        if self._vintage_rows >= self._flush_rows:
+            self._flush_vintages()
+
+    def _flush_vintages(self) -> None:
+        if not self._vintages:
+            return
+        path = self._run_dir / f"{self._prefix}.vin-{len(self.vintage_files):03d}.parquet"
+        _write_parquet(path, pa.concat_tables(self._vintages).select(STAGED_VINTAGE_SCHEMA.names)
+                       .cast(STAGED_VINTAGE_SCHEMA))
+        self.vintage_files.append(str(path))
+        self._vintages, self._vintage_rows = [], 0
 
     def add_series(self, series: pa.Table) -> None:
         self._series.append(series)
@@ -174,7 +291,9 @@ class BatchWriter:
     def finish(self, manifest: BatchManifest) -> BatchManifest:
         """Write the remaining files, then the manifest (last), and return it."""
         self._flush()
+        self._flush_vintages()
         manifest.observation_files = list(self.observation_files)
+        manifest.vintage_files = list(self.vintage_files)
         manifest.rows = self.rows
         if self._series:
             path = self._run_dir / f"{self._prefix}.series.parquet"

@@ -1,10 +1,19 @@
 """DuckDB: schema, the one-transaction merge, run records.
 
 Guarantee of :func:`merge_run`: every staged file of a run, its series
-metadata, its ``ingest_runs`` row and its ``ingest_failures`` rows become
-visible together in one transaction, or not at all. Observations are upserted
-on ``(series_id, date)``: re-ingesting never duplicates a row, and a revised
-value replaces the old one.
+metadata, its per-series state, its ``ingest_runs`` row and its
+``ingest_failures`` rows become visible together in one transaction, or not at
+all. Observations are upserted on ``(series_id, date)`` (vintages on
+``(series_id, date, realtime_start)``): re-ingesting never duplicates a row,
+and a revised value replaces the old one.
+
+The upsert is a ``DELETE … USING`` of the staged keys followed by a plain
+``INSERT``, on tables without a primary-key index. Measured here on 20M staged
+rows: 1.3 s and 0.37 GiB peak RSS, against 13 s and 1.9 GiB for
+``INSERT … ON CONFLICT`` into a primary key (the ART index must sit in
+memory). Keys stay unique because each merge deletes every key it inserts and
+a run never stages a key twice (series ids are de-duplicated, backfill
+windows are disjoint); ``tests/test_store.py`` checks it.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -26,12 +35,26 @@ from .stage import BatchManifest
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS observations (
-    series_id      VARCHAR NOT NULL,
+    series_id      VARCHAR NOT NULL,  -- key: (series_id, date), kept unique by merge_run
     date           DATE    NOT NULL,
     value          DOUBLE,
     realtime_start DATE,
-    realtime_end   DATE,
-    PRIMARY KEY (series_id, date)
+    realtime_end   DATE
+);
+CREATE TABLE IF NOT EXISTS vintages (
+    series_id      VARCHAR NOT NULL,  -- key: (series_id, date, realtime_start)
+    date           DATE    NOT NULL,
+    realtime_start DATE    NOT NULL,
+    realtime_end   DATE    NOT NULL,
+    value          DOUBLE
+);
+CREATE TABLE IF NOT EXISTS series_state (
+    series_id             VARCHAR PRIMARY KEY,
+    last_updated          TIMESTAMPTZ,  -- FRED's last_updated when we last fetched the series
+    last_observation_date DATE,         -- latest observation stored
+    last_run_id           VARCHAR,      -- last run that fetched it successfully
+    last_success_at       TIMESTAMPTZ,
+    checked_through       TIMESTAMPTZ   -- FRED's clock: updates up to here are reflected (see changes.py)
 );
 CREATE TABLE IF NOT EXISTS series (
     series_id                 VARCHAR PRIMARY KEY,
@@ -66,7 +89,9 @@ CREATE TABLE IF NOT EXISTS ingest_runs (
     seconds      DOUBLE,
     achieved_rps DOUBLE,
     utilization  DOUBLE,
-    parameters   JSON
+    parameters   JSON,
+    n_catalog    INTEGER,
+    n_unchanged  INTEGER
 );
 CREATE TABLE IF NOT EXISTS ingest_failures (
     run_id      VARCHAR,
@@ -103,6 +128,8 @@ class RunRecord:
     achieved_rps: float
     utilization: float
     parameters: dict[str, Any]
+    n_catalog: int = 0
+    n_unchanged: int = 0
 
 
 def connect(db_path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -159,34 +186,130 @@ def run_lock(db_path: str | Path) -> Iterator[None]:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_SQL)
+    for table, column, kind in (("ingest_runs", "n_catalog", "INTEGER"), ("ingest_runs", "n_unchanged", "INTEGER"),
+                                ("series_state", "checked_through", "TIMESTAMPTZ")):  # databases from before these
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """What a merge writes to ``series_state`` besides the fetched series' own state.
+
+    ``checked_through``: the newest FRED ``last_updated`` visible when the run
+    was planned; every series the run fetched, or judged unchanged, is known to
+    reflect every update up to there. ``unchanged``: series judged unchanged
+    (only their ``checked_through`` moves). ``reset``: forget these series'
+    state first (``--reset-state``).
+    """
+
+    checked_through: datetime | None = None
+    unchanged: tuple[str, ...] = ()
+    reset: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesState:
+    """What the last successful fetch of a series left: the input of an incremental run."""
+
+    last_updated: datetime | None
+    last_observation_date: date | None
+    checked_through: datetime | None = None
+
+
+def read_state(db_path: str | Path) -> dict[str, SeriesState]:
+    """Per-series state of the database (empty for a new database)."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return {}
+    con = connect(db_path, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "series_state" not in tables:
+            return {}
+        columns = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'series_state'").fetchall()}
+        checked = "checked_through" if "checked_through" in columns else "NULL"
+        rows = con.execute(
+            f"SELECT series_id, last_updated, last_observation_date, {checked} FROM series_state").fetchall()
+    finally:
+        con.close()
+    return {sid: SeriesState(updated, last, through) for sid, updated, last, through in rows}
+
+
+def newest_run_start(db_path: str | Path) -> datetime | None:
+    """``started_at`` of the newest committed run (None for a new database)."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return None
+    con = connect(db_path, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "ingest_runs" not in tables:
+            return None
+        return con.execute("SELECT max(started_at) FROM ingest_runs").fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def committed_run_ids(db_path: str | Path) -> set[str]:
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return set()
+    con = connect(db_path, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "ingest_runs" not in tables:
+            return set()
+        return {r[0] for r in con.execute("SELECT run_id FROM ingest_runs").fetchall()}
+    finally:
+        con.close()
 
 
 def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchManifest],
-              catalog_files: Iterable[str] = ()) -> None:
-    """Merge every staged file of a run and record the run, in ONE transaction."""
+              catalog_files: Iterable[str] = (), *, state: StateUpdate | None = StateUpdate(),
+              vintage_range: tuple[date | None, date | None] = (None, None),
+              memory_limit: str | None = "512MB") -> None:
+    """Merge every staged file of a run and record the run, in ONE transaction.
+
+    ``state``: the run fetched its series through their latest observation, so
+    ``series_state`` records what it saw (None: a bounded or vintage run, which
+    must not mark series as up to date). ``vintage_range``: the observation
+    dates the run's vintages cover; the stored history of each staged series
+    in that range is replaced by the run's (a real-time range clips FRED's
+    periods, so merging row by row would mix clipped and whole periods).
+    ``memory_limit`` caps DuckDB for the merge: beyond it the upsert's join
+    spills to disk, so the merge of a large backfill stays flat in memory.
+    """
     manifests = list(manifests)
     observation_files = [f for m in manifests for f in m.observation_files]
+    vintage_files = [f for m in manifests for f in m.vintage_files]
     series_files = list(catalog_files) + [f for m in manifests for f in m.series_files]
-    succeeded = [sid for m in manifests for sid in m.succeeded]
     failures = [f for m in manifests for f in m.failures]
+    # a series counts as ingested only if no batch of it failed (a backfill has one per window)
+    succeeded = sorted({sid for m in manifests for sid in m.succeeded} - {f.series_id for f in failures})
 
     con = connect(db_path)
     try:
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
         ensure_schema(con)
         con.begin()
         try:
             if observation_files:
+                _upsert(con, "observations", ("series_id", "date"),
+                        "series_id, date, value, realtime_start, realtime_end", observation_files)
+            if vintage_files:
+                first, last = vintage_range
                 con.execute(
                     """
-                    INSERT INTO observations BY NAME
-                    SELECT series_id, date, value, realtime_start, realtime_end FROM read_parquet($files)
-                    ON CONFLICT (series_id, date) DO UPDATE SET
-                        value = excluded.value,
-                        realtime_start = excluded.realtime_start,
-                        realtime_end = excluded.realtime_end
+                    DELETE FROM vintages WHERE series_id IN (SELECT DISTINCT series_id FROM read_parquet($files))
+                    AND date >= coalesce($first, DATE '0001-01-01') AND date <= coalesce($last, DATE '9999-12-31')
                     """,
-                    {"files": observation_files},
+                    {"files": vintage_files, "first": first, "last": last},
                 )
+                con.execute("INSERT INTO vintages (series_id, date, realtime_start, realtime_end, value) "
+                            "SELECT series_id, date, realtime_start, realtime_end, value FROM read_parquet($files)",
+                            {"files": vintage_files})
             if series_files and succeeded:
                 # A listing may carry series that failed later; store metadata of the ones ingested.
                 con.execute(
@@ -202,6 +325,8 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                     """,
                     {"files": series_files, "succeeded": succeeded, "run_id": record.run_id},
                 )
+            if state is not None:
+                _update_state(con, state, succeeded, record.run_id)
             row = asdict(record)
             row["parameters"] = json.dumps(record.parameters, default=str, sort_keys=True)
             con.execute(
@@ -221,8 +346,44 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
         con.close()
 
 
+def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str], run_id: str) -> None:
+    if state.reset:
+        con.execute("DELETE FROM series_state WHERE series_id IN (SELECT unnest($ids))", {"ids": list(state.reset)})
+    if succeeded:
+        con.execute(
+            """
+            INSERT INTO series_state
+            SELECT s.series_id, s.last_updated, o.last_date, $run_id, now(), $checked
+            FROM series s
+            LEFT JOIN (SELECT series_id, max(date) AS last_date FROM observations
+                       WHERE series_id IN (SELECT unnest($succeeded)) GROUP BY series_id) o
+                   USING (series_id)
+            WHERE s.series_id IN (SELECT unnest($succeeded))
+            ON CONFLICT (series_id) DO UPDATE SET
+                last_updated = excluded.last_updated,
+                last_observation_date = excluded.last_observation_date,
+                last_run_id = excluded.last_run_id, last_success_at = excluded.last_success_at,
+                checked_through = excluded.checked_through
+            """,
+            {"succeeded": succeeded, "run_id": run_id, "checked": state.checked_through},
+        )
+    if state.unchanged and state.checked_through is not None:
+        con.execute("UPDATE series_state SET checked_through = $checked WHERE series_id IN (SELECT unnest($ids))",
+                    {"checked": state.checked_through, "ids": list(state.unchanged)})
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], columns: str,
+            files: list[str]) -> None:
+    """Replace the rows of ``table`` whose ``key`` is in the staged ``files``, then insert the staged rows."""
+    match = " AND ".join(f"t.{k} = s.{k}" for k in key)
+    con.execute(f"DELETE FROM {table} t USING read_parquet($files) s WHERE {match}", {"files": files})
+    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet($files)", {"files": files})
+
+
 def recent_runs(db_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
     """The latest runs, newest first, as plain dicts."""
+    if not Path(db_path).exists():
+        return []
     con = connect(db_path, read_only=True)
     try:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}

@@ -30,7 +30,7 @@ class AsyncioRunner:
     def execute(self, request, progress: Progress):
         from ..pipeline import plan_run, run_pipeline
 
-        return run_pipeline(lambda: plan_run(request, slots=self.slots), self.fan_out, progress)
+        return run_pipeline(request.db, lambda: plan_run(request, slots=self.slots), self.fan_out, progress)
 
     def fan_out(self, plan, progress: Progress) -> list[BatchManifest]:
         from ..pipeline import run_sync

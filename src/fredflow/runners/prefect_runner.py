@@ -276,23 +276,24 @@ def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quot
 
 
 def _request_from_parameters(db: str, series: list[str] | None, series_file: str | None, release: int | None,
-                             category: int | None, start: date | None, end: date | None, runner: str,
-                             batch_size: int | None, staging_dir: str | None, mode: str,
-                             settings: dict[str, Any] | None, api_key: SecretStr | None,
-                             runner_options: dict[str, Any]) -> RunRequest:
+                             category: int | None, runner: str, settings: dict[str, Any] | None,
+                             api_key: SecretStr | None, runner_options: dict[str, Any],
+                             **run: Any) -> RunRequest:
     overrides = dict(settings or {})
     overrides.pop("api_key", None)  # never accepted as a plain parameter
     if api_key is not None and api_key.get_secret_value() not in ("", "**********"):
         overrides["api_key"] = api_key.get_secret_value()
-    catalog = CatalogSpec(series=tuple(series) if series else None,
-                          series_file=Path(series_file) if series_file else None,
-                          release=release, category=category)
+    catalog = None
+    if not run.get("resume") or any(v is not None for v in (series, series_file, release, category)):
+        catalog = CatalogSpec(series=tuple(series) if series else None,
+                              series_file=Path(series_file) if series_file else None,
+                              release=release, category=category)
+    staging_dir = run.pop("staging_dir", None)
     return RunRequest(db=Path(db), catalog=catalog, settings=Settings.from_env(**overrides), runner=runner,
-                      runner_options=runner_options, batch_size=batch_size, start=start, end=end,
-                      staging_root=Path(staging_dir) if staging_dir else None, mode=mode)
+                      runner_options=runner_options, staging_root=Path(staging_dir) if staging_dir else None, **run)
 
 
-@flow(name="fredflow-ingest", flow_run_name="ingest-{runner}", log_prints=False)
+@flow(name="fredflow-ingest", flow_run_name="ingest-{mode}-{runner}", log_prints=False)
 def ingest_flow(
     db: str,
     series: list[str] | None = None,
@@ -308,12 +309,23 @@ def ingest_flow(
     thread_slots: int = 8,
     dask_address: str | None = None,
     staging_dir: str | None = None,
-    mode: str = "full",
+    mode: str = "incremental",
+    window: str | None = None,
+    revision_window: str = "2y",
+    reset_state: bool = False,
+    vintages: bool = False,
+    realtime_start: date | None = None,
+    realtime_end: date | None = None,
+    resume: str | None = None,
+    force: bool = False,
     settings: dict[str, Any] | None = None,
     api_key: SecretStr | None = None,
 ) -> dict[str, Any]:
     """Ingest a catalog into DuckDB: plan → ``fetch-batch.map`` on threads or Dask → one-transaction merge.
 
+    ``mode`` is ``incremental`` by default (only series changed since the last
+    run; the first run loads everything), ``full`` or ``backfill`` (``window``
+    × series batches); ``resume`` finishes an unfinished run by id.
     ``settings`` holds :class:`~fredflow.settings.Settings` fields (rate,
     concurrency, api_url, …); the api key comes from ``api_key`` (a secret,
     shown masked by Prefect) or the ``FRED_API_KEY`` environment variable of
@@ -321,12 +333,17 @@ def ingest_flow(
     """
     runner_options = {"workers": workers, "threads_per_worker": threads_per_worker, "thread_slots": thread_slots,
                       "dask_address": dask_address}
-    request = _request_from_parameters(db, series, series_file, release, category, start, end, runner,
-                                       batch_size, staging_dir, mode, settings, api_key, runner_options)
+    request = _request_from_parameters(
+        db, series, series_file, release, category, runner, settings, api_key, runner_options,
+        start=start, end=end, batch_size=batch_size, staging_dir=staging_dir, mode=mode, window=window,
+        revision_window=revision_window, reset_state=reset_state, vintages=vintages,
+        realtime_start=realtime_start, realtime_end=realtime_end, resume=resume, force=force,
+    )
     slots = _slots(runner, workers, threads_per_worker, thread_slots)
     task_runner = task_runner_for(runner, slots=slots, workers=workers, threads_per_worker=threads_per_worker,
                                   dask_address=dask_address)
     summary = run_pipeline(
+        request.db,
         lambda: plan_task(request, slots),
         lambda plan, progress: _fan_out(plan, progress, task_runner=task_runner, slots=slots,
                                         quota_host=reachable_host(dask_address)),
@@ -342,53 +359,37 @@ def ingest_flow(
 def backfill_flow(
     db: str,
     start: date,
-    end: date,
+    end: date | None = None,
     series: list[str] | None = None,
     series_file: str | None = None,
     release: int | None = None,
     category: int | None = None,
-    window_years: int = 10,
+    window: str = "10y",
+    window_years: int | None = None,
     runner: str = "dask",
     batch_size: int | None = None,
     workers: int = 2,
     threads_per_worker: int = 4,
     dask_address: str | None = None,
     staging_dir: str | None = None,
+    vintages: bool = False,
+    realtime_start: date | None = None,
+    realtime_end: date | None = None,
     settings: dict[str, Any] | None = None,
     api_key: SecretStr | None = None,
-) -> list[dict[str, Any]]:
-    """Backfill ``[start, end]`` window by window (``window_years`` each); each window is one ingest run
-    merged in its own transaction, so a crash loses at most the window in flight."""
-    if start > end:
-        raise UsageError(f"start {start} is after end {end}")
-    logger = get_run_logger()
-    summaries = []
-    for window_start, window_end in windows(start, end, window_years):
-        logger.info("backfill window %s … %s", window_start, window_end)
-        summaries.append(ingest_flow.fn(
-            db=db, series=series, series_file=series_file, release=release, category=category,
-            start=window_start, end=window_end, runner=runner, batch_size=batch_size, workers=workers,
-            threads_per_worker=threads_per_worker, dask_address=dask_address, staging_dir=staging_dir,
-            mode="backfill", settings=settings, api_key=api_key,
-        ))
-    return summaries
-
-
-def windows(start: date, end: date, years: int) -> list[tuple[date, date]]:
-    """``[start, end]`` cut into consecutive, non-overlapping windows of ``years`` calendar years."""
-    if years < 1:
-        raise UsageError("window must be at least 1 year")
-    out = []
-    cursor = start
-    while cursor <= end:
-        try:
-            nxt = cursor.replace(year=cursor.year + years)
-        except ValueError:  # 29 February
-            nxt = cursor.replace(year=cursor.year + years, day=28)
-        window_end = min(end, date.fromordinal(nxt.toordinal() - 1))
-        out.append((cursor, window_end))
-        cursor = date.fromordinal(window_end.toordinal() + 1)
-    return out
+) -> dict[str, Any]:
+    """Backfill ``[start, end]``: every ``window`` × every series batch is one mapped task, all fanned out
+    together and merged in ONE transaction; a crash is finished with ``fredflow resume RUN_ID``.
+    ``window_years`` is the older spelling of ``window`` (``10`` = ``"10y"``), kept for existing deployments."""
+    if window_years is not None:
+        window = f"{window_years}y"
+    return ingest_flow.fn(
+        db=db, series=series, series_file=series_file, release=release, category=category,
+        start=start, end=end, runner=runner, batch_size=batch_size, workers=workers,
+        threads_per_worker=threads_per_worker, dask_address=dask_address, staging_dir=staging_dir,
+        mode="backfill", window=window, vintages=vintages, realtime_start=realtime_start,
+        realtime_end=realtime_end, settings=settings, api_key=api_key,
+    )
 
 
 # --------------------------------------------------------------------------- the runner adapter
@@ -413,14 +414,19 @@ class PrefectRunner:
             with prefect_api() as api_url:
                 if self.dask_address:
                     _point_cluster_at_api(self.dask_address, api_url)
+                catalog = request.catalog
                 result = ingest_flow(
-                    db=str(request.db), series=list(request.catalog.series) if request.catalog.series else None,
-                    series_file=str(request.catalog.series_file) if request.catalog.series_file else None,
-                    release=request.catalog.release, category=request.catalog.category,
+                    db=str(request.db), series=list(catalog.series) if catalog and catalog.series else None,
+                    series_file=str(catalog.series_file) if catalog and catalog.series_file else None,
+                    release=catalog.release if catalog else None, category=catalog.category if catalog else None,
                     start=request.start, end=request.end, runner=self.name, batch_size=request.batch_size,
                     workers=self.workers, threads_per_worker=self.threads_per_worker,
                     thread_slots=self.thread_slots, dask_address=self.dask_address,
                     staging_dir=str(request.staging_root) if request.staging_root else None, mode=request.mode,
+                    window=request.window, revision_window=request.revision_window,
+                    reset_state=request.reset_state, vintages=request.vintages,
+                    realtime_start=request.realtime_start, realtime_end=request.realtime_end,
+                    resume=request.resume, force=request.force,
                     settings=request.settings.public_dict(), api_key=request.settings.api_key,
                 )
         finally:

@@ -4,30 +4,72 @@ A :class:`SimCatalog` is a pure function of its constructor arguments.  Two
 catalogs built with the same arguments -- in the same process or in different
 processes, on any machine -- hold identical series ids, metadata, observations
 and release/category listings.  Every random draw comes from a numpy
-``Generator`` seeded with ``[seed, series_index, stream]``; Python's ``hash()``
-is never used.
+``Generator`` seeded with ``[seed, series_index, stream]`` (plus the day for
+what a simulated day changes); Python's ``hash()`` is never used.
 
-Nothing is generated eagerly: metadata and observations are built on first use
-and kept in bounded LRU caches, so constructing a catalog is cheap even for
-thousands of series.
+Nothing is generated eagerly: metadata, observations and vintages are built
+on first use and kept in bounded LRU caches, so constructing a catalog is cheap
+even for thousands of series.
 
 The server renders exactly what this module returns: for every observation,
 ``float(served_value_string) == observations(series_id)["value"]`` bit for bit,
 and a served ``"."`` is a null in the table.
+
+**Day advance.**  ``changes=(K1, K2, ...)`` simulates ``len(changes)`` days
+after the base day ``today``: :attr:`SimCatalog.today` is the base date plus
+that many days.  On day ``t`` (1-based) a seeded choice of ``K_t`` distinct
+servable ids changes (``Generator([seed, t, stream])``).  Each change of a
+series on day ``t``:
+
+- appends exactly one observation, the next period date after its current last
+  one, never missing, with a seeded value (one random-walk step);
+- revises its three observations before that new one by a seeded, non-zero
+  number of ticks (same number of decimals; a ``"."`` stays ``"."``);
+- sets ``last_updated`` to day ``t`` at a seeded time in 07:30-08:30, US
+  Central offset; ``observation_end`` follows the new last observation.
+
+Series that never changed keep everything, including their base
+``last_updated``.  Changes never touch the vintage history below.
+
+**Vintages (ALFRED).**  Built from the base data (day 0), unclipped:
+
+- an observation dated ``d`` is first released on ``v(d) = d + lag``, clamped
+  to [1776-07-04 (FRED's earliest real-time date), base ``today``], with lag
+  1 day (Daily, Daily 7-Day), 6 days (Weekly), 30 (Monthly), 60 (Quarterly)
+  or 90 (Annual); the series' vintage dates are the sorted unique ``v(d)``
+  (a business-daily series from the 1960s has more than 10,000);
+- at its first vintage and at the next two vintage dates of the series it
+  shows seeded pre-revision values (the base value plus a seeded number of
+  ticks, often zero; occasionally ``"."``); from the third vintage after its
+  release on -- and always at the latest vintage date -- it shows its base
+  value, so the latest vintage is what ``observations()`` held at day 0; a
+  missing base observation is ``"."`` in every vintage;
+- consecutive versions with the same value form one real-time period (FRED:
+  one row per maximal run of equal values, ``"."`` equal to ``"."``); a
+  period ends the day before the next version starts, the last one on
+  9999-12-31.  So an observation has one to four rows.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import date, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["DEFAULT_TODAY", "MIN_OBSERVATION_DATE", "SeriesData", "SimCatalog"]
+__all__ = [
+    "DEFAULT_TODAY",
+    "MIN_OBSERVATION_DATE",
+    "REALTIME_END_MAX",
+    "REALTIME_START_MIN",
+    "SeriesData",
+    "SimCatalog",
+    "VintageData",
+]
 
 DEFAULT_TODAY = date(2026, 11, 20)
 """The simulated "today": realtime_start/realtime_end of every response."""
@@ -40,8 +82,24 @@ LONG_SERIES_START = date(1690, 1, 1)
 
 _SPEC_STREAM = 0
 _VALUE_STREAM = 1
+_CHANGE_VALUE_STREAM = 3  # [seed, series_index, stream, day]
+_CHANGE_TIME_STREAM = 4  # [seed, series_index, stream, day]
+_VINTAGE_STREAM = 5
 _RELEASE_STREAM = 2**32 + 1
 _CATEGORY_STREAM = 2**32 + 2
+_CHANGED_SET_STREAM = 2**32 + 3  # [seed, day, stream]
+
+REALTIME_START_MIN = date(1776, 7, 4)
+"""FRED's earliest real-time date: no vintage is older."""
+REALTIME_END_MAX = date(9999, 12, 31)
+"""``realtime_end`` of a vintage period that is still current."""
+
+_EPOCH = date(1970, 1, 1)
+_REALTIME_END_MAX_DAYS = (REALTIME_END_MAX - _EPOCH).days
+_PUBLICATION_LAG_DAYS = {"D7": 1, "D": 1, "W": 6, "M": 30, "Q": 60, "A": 90}
+_PRE_REVISIONS = 3  # vintages showing a pre-revision value: the first release and the next two
+_UNREVISED_SHARE = 0.3  # chance that a pre-revision value equals the next version
+_PRE_MISSING_SHARE = 0.02  # chance that a pre-revision value is "."
 
 _PARTITION_RELEASE_IDS = (10, 13, 18, 21, 46, 50, 53, 86)
 _FIRST_CATEGORY_ID = 100
@@ -137,6 +195,37 @@ class SeriesData:
     text: pa.StringArray
 
 
+@dataclass(frozen=True)
+class VintageData:
+    """The whole real-time history of one series (unclipped), as served.
+
+    ``vintage_days`` are the series' vintage dates (int32 days since
+    1970-01-01, ascending).  One entry per row in ``table`` order (by date,
+    then realtime_start): ``date_days``, ``start_days``, ``end_days`` (int32
+    days), ``initial`` (True on the row of an observation's first release) and
+    ``text`` (the served value string, ``"."`` = missing).  ``table`` has
+    columns ``date``, ``realtime_start``, ``realtime_end`` (date32) and
+    ``value`` (float64, null = ``"."``) with ``float(text[i]) == value[i]``.
+    """
+
+    vintage_days: np.ndarray
+    date_days: np.ndarray
+    start_days: np.ndarray
+    end_days: np.ndarray
+    initial: np.ndarray
+    table: pa.Table
+    text: pa.StringArray
+
+
+@dataclass(frozen=True)
+class _Values:
+    """Observation dates, values in integer ticks and the missing mask."""
+
+    dates: np.ndarray  # datetime64[D], ascending
+    ticks: np.ndarray  # int64, value * 10**decimals
+    missing: np.ndarray  # bool
+
+
 class SimCatalog:
     """Deterministic catalog of synthetic FRED series.
 
@@ -151,7 +240,10 @@ class SimCatalog:
             ``n_series >= 50`` else 0.
         withdrawn: number of extra ids ``SIMW0001`` ... that are listed by
             releases and categories but answer 404 on every series endpoint.
-        today: the simulated current date (realtime_start/realtime_end).
+        today: the simulated base date (day 0).
+        changes: number of series changed on each simulated day after the
+            base day (see the module docstring); :attr:`today`, the date of
+            realtime_start/realtime_end, is ``today + len(changes)`` days.
 
     Guarantees: the first and last observation of a series are never missing;
     ``meta()["observation_start"/"observation_end"]`` are their dates; values
@@ -168,6 +260,7 @@ class SimCatalog:
         long_series: int | None = None,
         withdrawn: int = 0,
         today: date = DEFAULT_TODAY,
+        changes: tuple[int, ...] = (),
     ) -> None:
         if not 0 <= n_series <= 999_999:
             raise ValueError("n_series must be in 0..999999")
@@ -181,14 +274,23 @@ class SimCatalog:
             raise ValueError("withdrawn must be in 0..9999")
         if seed < 0:
             raise ValueError("seed must be >= 0")
+        changes = tuple(int(k) for k in changes)
+        if any(not 0 <= k <= n_series for k in changes):
+            raise ValueError("every number of changed series must be in 0..n_series")
 
         self.n_series = n_series
         self.seed = seed
         self.obs_per_series = obs_per_series
         self.long_series = long_series
         self.withdrawn = withdrawn
-        self.today = today
-        self.realtime = today.isoformat()
+        self.base_today = today
+        """Day 0: the base data and the vintage history are as of this date."""
+        self.changes = changes
+        self.day = len(changes)
+        """Simulated days since the base day."""
+        self.today = today + timedelta(days=self.day)
+        """The simulated current date: realtime_start/realtime_end of responses."""
+        self.realtime = self.today.isoformat()
 
         self.series_ids: list[str] = [f"SIM{i:06d}" for i in range(1, n_series + 1)]
         """Servable series ids, sorted."""
@@ -221,8 +323,16 @@ class SimCatalog:
         )
         """category_id -> sorted ids; the categories partition ``listed_ids``."""
 
+        self._changed_on: list[list[str]] = [self._draw_changed(t, k) for t, k in enumerate(changes, 1)]
+        self._change_days: dict[str, list[int]] = {}
+        for t, changed in enumerate(self._changed_on, 1):
+            for sid in changed:
+                self._change_days.setdefault(sid, []).append(t)
+
         self._spec = functools.lru_cache(maxsize=65536)(self._make_spec)
         self._data = functools.lru_cache(maxsize=1024)(self._make_data)
+        self._vintages = functools.lru_cache(maxsize=16)(self._make_vintages)
+        self._vintage_days = functools.lru_cache(maxsize=1024)(self._make_vintage_days)
 
     # ------------------------------------------------------------------ public
 
@@ -242,20 +352,21 @@ class SimCatalog:
         the catalog does not list.
         """
         spec = self._spec(series_id)
+        last, last_updated = self._current(spec)
         meta: dict[str, Any] = {
             "id": spec.series_id,
             "realtime_start": self.realtime,
             "realtime_end": self.realtime,
             "title": f"{spec.concept} (Simulated {spec.series_id})",
             "observation_start": str(spec.first),
-            "observation_end": str(spec.last),
+            "observation_end": str(last),
             "frequency": spec.frequency.name,
             "frequency_short": spec.frequency.short,
             "units": spec.unit.name,
             "units_short": spec.unit.short,
             "seasonal_adjustment": _SEASONAL[spec.seasonal_short],
             "seasonal_adjustment_short": spec.seasonal_short,
-            "last_updated": spec.last_updated,
+            "last_updated": last_updated,
             "popularity": spec.popularity,
         }
         if spec.has_notes:
@@ -293,7 +404,77 @@ class SimCatalog:
             raise KeyError(series_id)
         return self._data(series_id)
 
+    # ------------------------------------------------------ day advance, updates
+
+    def changed_on(self, day: int) -> list[str]:
+        """Sorted ids changed on simulated day ``day`` (1 .. :attr:`day`)."""
+        if not 1 <= day <= self.day:
+            raise ValueError(f"day must be in 1..{self.day}")
+        return list(self._changed_on[day - 1])
+
+    def changed_since(self, day: int) -> set[str]:
+        """Ids changed on any day after ``day`` (``changed_since(0)``: every change so far)."""
+        return {sid for t in range(max(day, 0) + 1, self.day + 1) for sid in self._changed_on[t - 1]}
+
+    def last_updated_at(self, series_id: str) -> datetime:
+        """``meta(series_id)["last_updated"]`` as an aware UTC datetime."""
+        return _parse_last_updated(self._current(self._spec(series_id))[1])
+
+    @functools.cached_property
+    def _updates_order(self) -> list[tuple[datetime, str]]:
+        stamps = [(self.last_updated_at(sid), sid) for sid in self.series_ids]
+        # last_updated descending, ties by id ascending (ids are unique)
+        return sorted(stamps, key=lambda item: (-item[0].timestamp(), item[1]))
+
+    def updated_ids(self, start: datetime | None = None, end: datetime | None = None) -> list[str]:
+        """Servable ids as ``fred/series/updates`` lists them: ``last_updated``
+        descending (as instants), ties by id ascending; only those with
+        ``start <= last_updated < end`` when given (aware datetimes)."""
+        return [
+            sid
+            for stamp, sid in self._updates_order
+            if (start is None or stamp >= start) and (end is None or stamp < end)
+        ]
+
+    # ---------------------------------------------------------------- vintages
+
+    def vintage_dates(self, series_id: str) -> list[date]:
+        """The series' vintage dates, ascending (see the module docstring)."""
+        return [_EPOCH + timedelta(days=int(d)) for d in self.vintage_days(series_id)]
+
+    def vintage_days(self, series_id: str) -> np.ndarray:
+        """:meth:`vintage_dates` as int32 days since 1970-01-01 (read-only)."""
+        if not self.is_servable(series_id):
+            raise KeyError(series_id)
+        return self._vintage_days(series_id)
+
+    def vintage_rows(self, series_id: str) -> pa.Table:
+        """Every real-time period of every observation, unclipped: ``date``,
+        ``realtime_start``, ``realtime_end`` (date32; 9999-12-31 = current) and
+        ``value`` (float64, null = "."), sorted by date then realtime_start."""
+        return self.vintage_data(series_id).table
+
+    def vintage_data(self, series_id: str) -> VintageData:
+        """Cached vintage history of a servable series (see :class:`VintageData`)."""
+        if not self.is_servable(series_id):
+            raise KeyError(series_id)
+        return self._vintages(series_id)
+
     # ----------------------------------------------------------------- private
+
+    def _draw_changed(self, day: int, n_changed: int) -> list[str]:
+        rng = np.random.default_rng([self.seed, day, _CHANGED_SET_STREAM])
+        positions = rng.choice(self.n_series, size=n_changed, replace=False)
+        return sorted(self.series_ids[int(p)] for p in positions)
+
+    def _current(self, spec: _Spec) -> tuple[np.datetime64, str]:
+        """Last observation date and ``last_updated`` after the simulated days."""
+        days = self._change_days.get(spec.series_id)
+        if not days:
+            return spec.last, spec.last_updated
+        last = _periods_before(spec.frequency, spec.last, -len(days))
+        rng = np.random.default_rng([self.seed, spec.index, _CHANGE_TIME_STREAM, days[-1]])
+        return last, _stamp(self.base_today + timedelta(days=days[-1]), int(rng.integers(3600)))
 
     def _partition(self, stream: int, group_ids: list[int]) -> dict[int, list[str]]:
         """Deal ``listed_ids`` round-robin, in a seeded order, into the groups."""
@@ -307,7 +488,7 @@ class SimCatalog:
     def _make_spec(self, series_id: str) -> _Spec:
         index = self._index[series_id]  # KeyError for unknown ids
         rng = np.random.default_rng([self.seed, index, _SPEC_STREAM])
-        today = np.datetime64(self.today, "D")
+        today = np.datetime64(self.base_today, "D")
         lag = int(rng.integers(1, 3))
         if series_id in self._long:
             freq = _D7
@@ -336,11 +517,10 @@ class SimCatalog:
             seasonal_short = "NSA"
         else:
             seasonal_short = ("SA", "NSA", "SAAR")[int(rng.integers(3 if freq is _Q else 2))]
-        updated_day = min(last.item() + timedelta(days=int(rng.integers(1, 45))), self.today)
+        updated_day = min(last.item() + timedelta(days=int(rng.integers(1, 45))), self.base_today)
         if freq.code in ("D7", "D"):
-            updated_day = self.today
-        seconds = 7 * 3600 + 30 * 60 + int(rng.integers(3600))
-        updated_at = time(seconds // 3600, seconds // 60 % 60, seconds % 60)
+            updated_day = self.base_today
+        last_updated = _stamp(updated_day, int(rng.integers(3600)))
         popularity = int(100 * rng.beta(0.8, 3.0))
         return _Spec(
             series_id=series_id,
@@ -351,14 +531,14 @@ class SimCatalog:
             unit=unit,
             concept=concept,
             seasonal_short=seasonal_short,
-            last_updated=f"{updated_day.isoformat()} {updated_at.isoformat()}{_central_offset(updated_day)}",
+            last_updated=last_updated,
             popularity=popularity,
             group_popularity=min(100, popularity + int(rng.integers(10))),
             has_notes=bool(rng.random() < 0.9),
         )
 
-    def _make_data(self, series_id: str) -> SeriesData:
-        spec = self._spec(series_id)
+    def _base_values(self, spec: _Spec) -> _Values:
+        """Day-0 observations (the draws behind every base value)."""
         rng = np.random.default_rng([self.seed, spec.index, _VALUE_STREAM])
         dates = _calendar(spec.frequency, spec.first, spec.last)
         n = len(dates)
@@ -375,13 +555,138 @@ class SimCatalog:
         if spec.frequency is _D:
             missing |= _is_fixed_holiday(dates)
         missing[0] = missing[-1] = False
+        return _Values(dates=dates, ticks=ticks, missing=missing)
 
-        days = dates.astype(np.int64).astype(np.int32)
+    def _apply_change(self, spec: _Spec, values: _Values, day: int) -> _Values:
+        """One change on ``day``: revise the last three observations, append one."""
+        rng = np.random.default_rng([self.seed, spec.index, _CHANGE_VALUE_STREAM, day])
+        ticks = values.ticks.copy()
+        step = _step_ticks(spec, ticks[-1:])[0]
+        revisions = np.rint(rng.normal(0.0, 0.5 * step, _PRE_REVISIONS)).astype(np.int64)
+        revisions[revisions == 0] = 1  # a revision always changes the value
+        tail = slice(max(0, len(ticks) - _PRE_REVISIONS), len(ticks))
+        revised = revisions[: tail.stop - tail.start]
+        ticks[tail] += np.where(values.missing[tail], 0, revised)
+        new_tick = ticks[-1] + int(np.rint(rng.normal(0.0, step)))
+        new_date = _periods_before(spec.frequency, values.dates[-1], -1)
+        return _Values(
+            dates=np.append(values.dates, new_date),
+            ticks=np.append(ticks, new_tick),
+            missing=np.append(values.missing, False),
+        )
+
+    def _make_data(self, series_id: str) -> SeriesData:
+        spec = self._spec(series_id)
+        values = self._base_values(spec)
+        for day in self._change_days.get(series_id, ()):
+            values = self._apply_change(spec, values, day)
+        scale = 10**spec.unit.decimals
+        days = values.dates.astype(np.int64).astype(np.int32)
         date_array = pa.array(days, pa.int32()).cast(pa.date32())
-        values = pa.array(ticks / scale, pa.float64(), mask=missing)
-        text = pc.if_else(pa.array(missing), ".", _format_ticks(ticks, unit.decimals))
-        table = pa.table({"date": date_array, "value": values})
+        value_array = pa.array(values.ticks / scale, pa.float64(), mask=values.missing)
+        text = pc.if_else(pa.array(values.missing), ".", _format_ticks(values.ticks, spec.unit.decimals))
+        table = pa.table({"date": date_array, "value": value_array})
         return SeriesData(days=days, dates=date_array, table=table, text=text)
+
+    def _release_dates(self, spec: _Spec, dates: np.ndarray) -> np.ndarray:
+        """First-release vintage of each observation date (datetime64[D])."""
+        lag = _PUBLICATION_LAG_DAYS[spec.frequency.code]
+        earliest, latest = np.datetime64(REALTIME_START_MIN, "D"), np.datetime64(self.base_today, "D")
+        return np.clip(dates + lag, earliest, latest)
+
+    def _make_vintage_days(self, series_id: str) -> np.ndarray:
+        spec = self._spec(series_id)
+        releases = self._release_dates(spec, _calendar(spec.frequency, spec.first, spec.last))
+        days = np.unique(releases).astype(np.int64).astype(np.int32)
+        days.flags.writeable = False
+        return days
+
+    def _make_vintages(self, series_id: str) -> VintageData:
+        spec = self._spec(series_id)
+        base = self._base_values(spec)
+        vintage_days = self._vintage_days(series_id)
+        n = len(base.dates)
+        release_days = self._release_dates(spec, base.dates).astype(np.int64)
+        first = np.searchsorted(vintage_days, release_days)  # vintage index of the first release
+        latest = len(vintage_days) - 1
+
+        # Versions 0..2 are pre-revision, version 3 is the base value.
+        rng = np.random.default_rng([self.seed, spec.index, _VINTAGE_STREAM])
+        noise = rng.normal(0.0, 1.0, (n, _PRE_REVISIONS))
+        unrevised = rng.random((n, _PRE_REVISIONS)) < _UNREVISED_SHARE
+        pre_missing = rng.random((n, _PRE_REVISIONS)) < _PRE_MISSING_SHARE
+        deltas = np.rint(noise * _step_ticks(spec, base.ticks)[:, None]).astype(np.int64)
+        deltas[unrevised] = 0
+        ticks = np.concatenate([base.ticks[:, None] + deltas, base.ticks[:, None]], axis=1)
+        missing = np.concatenate([base.missing[:, None] | pre_missing, base.missing[:, None]], axis=1)
+
+        index = first[:, None] + np.arange(_PRE_REVISIONS + 1)  # vintage index of each version
+        exists = index <= latest
+        at_latest = index == latest  # the latest vintage always shows the base value
+        ticks = np.where(at_latest, base.ticks[:, None], ticks)
+        missing = np.where(at_latest, base.missing[:, None], missing)
+        same = np.zeros_like(exists)
+        same[:, 1:] = (missing[:, 1:] & missing[:, :-1]) | (
+            ~missing[:, 1:] & ~missing[:, :-1] & (ticks[:, 1:] == ticks[:, :-1])
+        )
+        kept = np.flatnonzero((exists & ~same).ravel())  # row-major: by date, then version
+
+        rows = kept // (_PRE_REVISIONS + 1)
+        starts = vintage_days[np.minimum(index, latest).ravel()[kept]].astype(np.int32)
+        ends = np.full(len(kept), _REALTIME_END_MAX_DAYS, dtype=np.int32)
+        same_row = rows[1:] == rows[:-1]
+        ends[:-1] = np.where(same_row, starts[1:] - 1, _REALTIME_END_MAX_DAYS)
+        initial = np.ones(len(kept), dtype=bool)
+        initial[1:] = ~same_row
+        date_days = base.dates.astype(np.int64).astype(np.int32)[rows]
+        row_ticks = ticks.ravel()[kept]
+        row_missing = missing.ravel()[kept]
+
+        def date32(days: np.ndarray) -> pa.Array:
+            return pa.array(days, pa.int32()).cast(pa.date32())
+
+        scale = 10**spec.unit.decimals
+        table = pa.table(
+            {
+                "date": date32(date_days),
+                "realtime_start": date32(starts),
+                "realtime_end": date32(ends),
+                "value": pa.array(row_ticks / scale, pa.float64(), mask=row_missing),
+            }
+        )
+        text = pc.if_else(pa.array(row_missing), ".", _format_ticks(row_ticks, spec.unit.decimals))
+        return VintageData(
+            vintage_days=vintage_days,
+            date_days=date_days,
+            start_days=starts,
+            end_days=ends,
+            initial=initial,
+            table=table,
+            text=text,
+        )
+
+
+def _step_ticks(spec: _Spec, ticks: np.ndarray) -> np.ndarray:
+    """Standard deviation of one random-walk step, in ticks, at each value (>= 1)."""
+    unit = spec.unit
+    vol = unit.annual_vol / np.sqrt(spec.frequency.periods_per_year)
+    scale = 10**unit.decimals
+    step = np.full(len(ticks), vol * scale) if unit.additive else np.abs(ticks) * vol
+    return np.maximum(step, 1.0)
+
+
+def _stamp(day: date, second_of_hour: int) -> str:
+    """FRED's ``last_updated`` on ``day`` at 07:30 + ``second_of_hour`` s, US Central."""
+    seconds = 7 * 3600 + 30 * 60 + second_of_hour
+    at = time(seconds // 3600, seconds // 60 % 60, seconds % 60)
+    return f"{day.isoformat()} {at.isoformat()}{_central_offset(day)}"
+
+
+def _parse_last_updated(text: str) -> datetime:
+    """``"2026-11-20 07:41:09-06"`` -> aware UTC datetime."""
+    local = datetime.strptime(text[:19], "%Y-%m-%d %H:%M:%S")
+    offset = timezone(timedelta(hours=int(text[19:])))
+    return local.replace(tzinfo=offset).astimezone(timezone.utc)
 
 
 # ---------------------------------------------------------------- calendars

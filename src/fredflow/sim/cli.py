@@ -23,6 +23,14 @@ def _kinds(text: str) -> tuple[str, ...]:
     return tuple(k for k in text.split(",") if k)
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """Comma-separated integers -> tuple (empty items dropped)."""
+    try:
+        return tuple(int(k) for k in text.split(",") if k)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fredflow sim",
@@ -51,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated well-formed api keys answered as not registered (default 32 zeros)",
     )
     p.add_argument("--cache-mb", type=float, metavar="MB", default=_DEFAULTS.cache_mb, help="size of the body cache")
+    p.add_argument(
+        "--changes", type=_counts, metavar="K,K", default=_DEFAULTS.changes,
+        help="simulated days already passed after --today, K changed series on each (default none)",
+    )
+    p.add_argument(
+        "--max-vintage-dates", type=int, metavar="N", default=_DEFAULTS.max_vintage_dates,
+        help="max vintage dates per real-time observations request (default 2000, as FRED)",
+    )
     return p
 
 
@@ -80,7 +96,10 @@ def config_to_argv(config: SimConfig) -> list[str]:
         "--max-limit", str(config.max_limit),
         "--unregistered-keys", ",".join(config.unregistered_keys),
         "--cache-mb", repr(config.cache_mb),
+        "--max-vintage-dates", str(config.max_vintage_dates),
     ]
+    if config.changes:
+        argv += ["--changes", ",".join(str(k) for k in config.changes)]
     if config.obs_per_series is not None:
         argv += ["--obs-per-series", str(config.obs_per_series)]
     if config.long_series is not None:

@@ -9,7 +9,9 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import replace
 from functools import cached_property
 from typing import IO, Any
 
@@ -35,7 +37,8 @@ class SimProcess:
 
     Attributes: ``url`` (``http://127.0.0.1:PORT/fred``, the client's base
     URL), ``port``, ``config`` and ``catalog`` (a :class:`SimCatalog` equal to
-    the served one: the truth to compare against).
+    the served one: the truth to compare against; :meth:`advance` keeps both
+    in step with the server).
     """
 
     def __init__(self, *, startup_timeout: float = 20.0, **config: Any) -> None:
@@ -113,6 +116,23 @@ class SimProcess:
         request = urllib.request.Request(f"{self.root}/_sim/reset", method="POST")
         with urllib.request.urlopen(request, timeout=10):
             pass
+
+    def advance(self, days: int = 1, changed: int = 10) -> list[str]:
+        """Simulate ``days`` more days with ``changed`` changed series each
+        (``POST /_sim/advance``); returns the sorted ids changed in these days.
+
+        ``config.changes`` and ``catalog`` then describe the advanced server.
+        """
+        query = urllib.parse.urlencode({"days": days, "changed": changed})
+        request = urllib.request.Request(f"{self.root}/_sim/advance?{query}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                answer = json.load(resp)
+        except urllib.error.HTTPError as exc:
+            raise ValueError(json.load(exc).get("error", str(exc))) from None
+        self.config = replace(self.config, changes=self.config.changes + (changed,) * days)
+        self.__dict__.pop("catalog", None)  # rebuilt from the new config on next use
+        return answer["changed"]
 
     def _wait_ready(self) -> None:
         assert self._proc is not None

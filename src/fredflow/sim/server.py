@@ -1,7 +1,8 @@
 """aiohttp server imitating the FRED API over a :class:`SimCatalog`.
 
 Endpoints (GET, under ``/fred/``): ``series``, ``series/observations``,
-``release/series``, ``category/series``.  Bodies, key order, value formats,
+``series/vintagedates``, ``series/updates``, ``release/series``,
+``category/series``.  Bodies, key order, value formats,
 error bodies, status codes and the ``Content-Type`` header are FRED's (see
 ``/work/shared/fred-samples``); like FRED's PHP encoder, ``/`` is escaped as
 ``\\/`` inside JSON strings.
@@ -17,8 +18,21 @@ Per request on ``/fred/``, in this order:
 4. parameter validation and the response, rendered once and kept in an LRU
    cache of bodies (bounded by ``cache_mb``).
 
+``series/observations`` with ``realtime_start`` and/or ``realtime_end``
+serves the catalog's vintage rows (ALFRED): every real-time period that
+intersects the requested one, clipped to it, sorted by date then
+realtime_start; more than ``max_vintage_dates`` vintage dates in the requested
+period is FRED's 400.  ``output_type=4`` (initial release only) is supported
+there.  ``series/updates`` lists servable series by ``last_updated``
+descending; every simulated series counts as national, so
+``filter_value=regional`` lists none.  Its ``start_time``/``end_time``
+(``YYYYMMDDHhmm``) are US Central times, both or neither, end minute included.
+
 Test hooks, not rate limited, not counted: ``GET /_sim/health``,
-``GET /_sim/stats``, ``POST /_sim/reset``.
+``GET /_sim/stats``, ``POST /_sim/reset``, ``POST /_sim/advance?days=N&changed=K``
+(simulate N more days with K changed series each: see
+:class:`~fredflow.sim.catalog.SimCatalog`; clears the body cache and answers
+``{"today": ..., "day": ..., "changed": [sorted ids changed in these days]}``).
 """
 
 from __future__ import annotations
@@ -32,8 +46,8 @@ import struct
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -42,13 +56,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from aiohttp import web
 
-from fredflow.sim.catalog import DEFAULT_TODAY, SimCatalog
+from fredflow.sim.catalog import DEFAULT_TODAY, SimCatalog, _central_offset
 
 __all__ = [
     "DEMO_API_KEY",
     "FAULT_KINDS",
     "LISTING_MAX_LIMIT",
+    "MAX_VINTAGE_DATES",
     "OBSERVATIONS_MAX_LIMIT",
+    "VINTAGE_DATES_MAX_LIMIT",
     "SIMULATOR_KEY",
     "UNREGISTERED_KEY",
     "FredError",
@@ -68,7 +84,13 @@ FAULT_KINDS = ("500", "502", "504", "hang", "truncate", "reset")
 OBSERVATIONS_MAX_LIMIT = 100_000
 """FRED's maximum (and default) ``limit`` for series/observations."""
 LISTING_MAX_LIMIT = 1000
-"""FRED's maximum (and default) ``limit`` for release/series and category/series."""
+"""FRED's maximum (and default) ``limit`` for release/series, category/series and series/updates."""
+VINTAGE_DATES_MAX_LIMIT = 10_000
+"""FRED's maximum (and default) ``limit`` for series/vintagedates."""
+MAX_VINTAGE_DATES = 2000
+"""FRED's maximum number of vintage dates in the real-time period of one observations request."""
+REALTIME_START_MIN = "1776-07-04"
+REALTIME_END_MAX = "9999-12-31"
 
 _KEY_HELP = "  Read https://fred.stlouisfed.org/docs/api/api_key.html for more information."
 MSG_KEY_MISSING = "Bad Request.  Variable api_key has not been set." + _KEY_HELP
@@ -107,6 +129,22 @@ def msg_bad_date(name: str) -> str:
 
 MSG_OFFSET = "Bad Request.  Variable offset is not 0 or a positive integer."
 MSG_DATE_ORDER = "Bad Request.  Variable observation_start can not be after observation_end."
+MSG_REALTIME_ORDER = "Bad Request.  Variable realtime_start can not be after realtime_end."
+MSG_FILTER_VALUE = "Bad Request.  Variable filter_value is not one of the values: 'macro', 'regional', 'all'."
+MSG_OUTPUT_TYPE = "Bad Request.  Variable output_type is not one of the values: '1', '2', '3', '4'."
+
+
+def msg_too_many_vintages(n: int, realtime_start: str, realtime_end: str, maximum: int) -> str:
+    """FRED's answer when an observations request spans more than ``maximum`` vintage dates."""
+    return (
+        f"Bad Request.  There are {n} vintage dates in the specified real-time period: "
+        f"{realtime_start} to {realtime_end}.  This exceeds the maximum number of vintage dates "
+        f"allowed for this file type ({maximum})."
+    )
+
+
+def msg_bad_time(name: str) -> str:
+    return f"Bad Request.  Variable {name} is not a valid time in YYYYMMDDHhmm format."
 
 _JSON_HEADERS = {"Content-Type": "application/json; charset=UTF-8"}
 _HTML_HEADERS = {"Content-Type": "text/html"}
@@ -118,6 +156,7 @@ _PROXY_PAGES = {
 }
 _KEY_RE = re.compile(r"[a-z0-9]{32}")
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIME_RE = re.compile(r"\d{12}")
 _EPOCH = date(1970, 1, 1)
 
 
@@ -125,7 +164,8 @@ _EPOCH = date(1970, 1, 1)
 class SimConfig:
     """Everything that defines a simulator instance.
 
-    The first six fields are :class:`SimCatalog`'s arguments.  ``rate`` is in
+    The first six fields and ``changes`` are :class:`SimCatalog`'s arguments
+    (``POST /_sim/advance`` appends to ``changes``).  ``rate`` is in
     requests/s (``None`` or 0: unlimited) with bucket capacity ``burst``;
     ``latency`` seconds are added to every admitted request; ``fault_rate``
     (0..1) of admitted requests fail as one of ``fault_kinds``; a ``"hang"``
@@ -133,6 +173,8 @@ class SimConfig:
     default and maximum ``limit`` of series/observations.  Every
     32-character lower-case alphanumeric api_key is registered except those in
     ``unregistered_keys``.  ``cache_mb`` bounds the cache of rendered bodies.
+    ``max_vintage_dates`` is the most vintage dates one real-time
+    series/observations request may span (FRED: 2000).
     """
 
     n_series: int = 500
@@ -150,10 +192,17 @@ class SimConfig:
     max_limit: int = OBSERVATIONS_MAX_LIMIT
     unregistered_keys: tuple[str, ...] = (UNREGISTERED_KEY,)
     cache_mb: float = 256.0
+    changes: tuple[int, ...] = ()
+    max_vintage_dates: int = MAX_VINTAGE_DATES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fault_kinds", tuple(self.fault_kinds))
         object.__setattr__(self, "unregistered_keys", tuple(self.unregistered_keys))
+        object.__setattr__(self, "changes", tuple(int(k) for k in self.changes))
+        if any(not 0 <= k <= self.n_series for k in self.changes):
+            raise ValueError("every number of changed series must be in 0..n_series")
+        if self.max_vintage_dates < 1:
+            raise ValueError("max_vintage_dates must be >= 1")
         unknown = set(self.fault_kinds) - set(FAULT_KINDS)
         if unknown or not self.fault_kinds:
             raise ValueError(f"fault_kinds must be a non-empty subset of {FAULT_KINDS}")
@@ -177,6 +226,7 @@ class SimConfig:
             long_series=self.long_series,
             withdrawn=self.withdrawn,
             today=self.today,
+            changes=self.changes,
         )
 
     def describe(self) -> str:
@@ -259,6 +309,11 @@ class BodyCache:
                 self.size -= len(evicted)
         return body
 
+    def clear(self) -> None:
+        """Drop every body (the counters stay)."""
+        self._bodies.clear()
+        self.size = 0
+
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._bodies), "bytes": self.size, "hits": self.hits, "misses": self.misses}
 
@@ -306,9 +361,7 @@ class FredSimulator:
     """
 
     def __init__(self, config: SimConfig) -> None:
-        self.config = config
-        self.catalog = config.catalog()
-        self.realtime = self.catalog.realtime
+        self._use(config)
         self.bucket = TokenBucket(config.rate, config.burst) if config.rate else None
         self.cache = BodyCache(int(config.cache_mb * 1024 * 1024))
         self.stats = SimStats()
@@ -317,10 +370,28 @@ class FredSimulator:
         self._endpoints: dict[str, Callable[[Mapping[str, str]], bytes]] = {
             "series": self._series,
             "series/observations": self._observations,
+            "series/vintagedates": self._vintagedates,
+            "series/updates": self._updates,
             "release/series": lambda q: self._listing(q, "release", self.catalog.releases),
             "category/series": lambda q: self._listing(q, "category", self.catalog.categories),
         }
+
+    def _use(self, config: SimConfig) -> None:
+        """Serve ``config``'s catalog from now on."""
+        self.config = config
+        self.catalog = config.catalog()
+        self.realtime = self.catalog.realtime
         self._row_prefix = f'{{"realtime_start":"{self.realtime}","realtime_end":"{self.realtime}","date":"'
+
+    def advance(self, days: int = 1, changed: int = 10) -> list[str]:
+        """Simulate ``days`` more days with ``changed`` changed series each;
+        returns the sorted ids changed in these days."""
+        if days < 0 or not 0 <= changed <= self.config.n_series:
+            raise ValueError(f"days must be >= 0 and changed in 0..{self.config.n_series}")
+        first_day = self.catalog.day + 1
+        self._use(replace(self.config, changes=self.config.changes + (changed,) * days))
+        self.cache.clear()
+        return sorted(set().union(*(self.catalog.changed_on(t) for t in range(first_day, self.catalog.day + 1))))
 
     # -------------------------------------------------------------- HTTP layer
 
@@ -384,6 +455,15 @@ class FredSimulator:
         self.stats.reset()
         return web.json_response({"ok": True})
 
+    async def handle_advance(self, request: web.Request) -> web.Response:
+        try:
+            days = int(request.query.get("days", "1"))
+            changed = int(request.query.get("changed", "10"))
+            changed_ids = self.advance(days, changed)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"today": self.realtime, "day": self.catalog.day, "changed": changed_ids})
+
     # --------------------------------------------------------------- endpoints
 
     def _check_common(self, query: Mapping[str, str]) -> None:
@@ -430,6 +510,8 @@ class FredSimulator:
         sort_order = query.get("sort_order", "asc")
         if sort_order not in ("asc", "desc"):
             raise FredError(400, MSG_SORT_ORDER)
+        if "realtime_start" in query or "realtime_end" in query:
+            return self._vintage_observations(query, series_id, start, end, limit, offset, sort_order)
         key = ("obs", series_id, start, end, limit, offset, sort_order)
         return self.cache.get_or_render(
             key, lambda: self._render_observations(series_id, start, end, limit, offset, sort_order)
@@ -475,6 +557,150 @@ class FredSimulator:
         )
         one_list = pa.ListArray.from_arrays(pa.array([0, len(rows)], pa.int32()), rows)
         return pc.binary_join(one_list, ",")[0].as_buffer().to_pybytes()
+
+    def _realtime_period(self, query: Mapping[str, str]) -> tuple[str, str]:
+        realtime_start = _date_param(query, "realtime_start", REALTIME_START_MIN)
+        realtime_end = _date_param(query, "realtime_end", REALTIME_END_MAX)
+        if realtime_start > realtime_end:
+            raise FredError(400, MSG_REALTIME_ORDER)
+        return realtime_start, realtime_end
+
+    def _vintage_observations(
+        self, query: Mapping[str, str], series_id: str, start: str, end: str, limit: int, offset: int,
+        sort_order: str,
+    ) -> bytes:
+        realtime_start, realtime_end = self._realtime_period(query)
+        output_type = query.get("output_type", "1")
+        if output_type not in ("1", "2", "3", "4"):
+            raise FredError(400, MSG_OUTPUT_TYPE)
+        if output_type in ("2", "3"):
+            raise FredError(400, f"Bad Request.  The simulator does not implement output_type {output_type}.")
+        if output_type == "1":
+            vintage_days = self.catalog.vintage_days(series_id)
+            first, stop = np.searchsorted(vintage_days, [_days(realtime_start), _days(realtime_end) + 1])
+            if stop - first > self.config.max_vintage_dates:
+                raise FredError(400, msg_too_many_vintages(
+                    int(stop - first), realtime_start, realtime_end, self.config.max_vintage_dates))
+        key = ("vintages", series_id, start, end, realtime_start, realtime_end, output_type, limit, offset,
+               sort_order)
+        return self.cache.get_or_render(
+            key,
+            lambda: self._render_vintages(
+                series_id, start, end, realtime_start, realtime_end, int(output_type), limit, offset, sort_order
+            ),
+        )
+
+    def _render_vintages(
+        self, series_id: str, start: str, end: str, realtime_start: str, realtime_end: str, output_type: int,
+        limit: int, offset: int, sort_order: str,
+    ) -> bytes:
+        data = self.catalog.vintage_data(series_id)
+        rs, re_ = _days(realtime_start), _days(realtime_end)
+        selected = (
+            (data.date_days >= _days(start)) & (data.date_days <= _days(end))
+            & (data.start_days <= re_) & (data.end_days >= rs)
+        )
+        if output_type == 4:  # the initial release of observations first released in the period
+            selected &= data.initial & (data.start_days >= rs)
+        rows = np.flatnonzero(selected)
+        count = len(rows)
+        rows = rows[offset : offset + limit] if sort_order == "asc" else rows[::-1][offset : offset + limit]
+        take = pa.array(rows, pa.int64())
+        header = fred_json(
+            {
+                "realtime_start": realtime_start,
+                "realtime_end": realtime_end,
+                "observation_start": start,
+                "observation_end": end,
+                "units": "lin",
+                "output_type": output_type,
+                "file_type": "json",
+                "order_by": "observation_date",
+                "sort_order": sort_order,
+                "count": count,
+                "offset": offset,
+                "limit": limit,
+            }
+        )
+        if len(rows) == 0:
+            return header[:-1] + b',"observations":[]}'
+        starts = _date_strings(np.maximum(data.start_days[rows], rs))
+        ends = _date_strings(np.minimum(data.end_days[rows], re_))
+        dates = _date_strings(data.date_days[rows])
+        rendered = pc.binary_join_element_wise(
+            '{"realtime_start":"', starts, '","realtime_end":"', ends, '","date":"', dates,
+            '","value":"', data.text.take(take), '"}', "",
+        )
+        one_list = pa.ListArray.from_arrays(pa.array([0, len(rendered)], pa.int32()), rendered)
+        body = pc.binary_join(one_list, ",")[0].as_buffer().to_pybytes()
+        return header[:-1] + b',"observations":[' + body + b"]}"
+
+    def _vintagedates(self, query: Mapping[str, str]) -> bytes:
+        series_id = self._series_id(query)
+        realtime_start, realtime_end = self._realtime_period(query)
+        limit, offset = _paging(query, VINTAGE_DATES_MAX_LIMIT)
+        sort_order = query.get("sort_order", "asc")
+        if sort_order not in ("asc", "desc"):
+            raise FredError(400, MSG_SORT_ORDER)
+
+        def render() -> bytes:
+            vintage_days = self.catalog.vintage_days(series_id)
+            first, stop = np.searchsorted(vintage_days, [_days(realtime_start), _days(realtime_end) + 1])
+            selected = vintage_days[first:stop]
+            if sort_order == "desc":
+                selected = selected[::-1]
+            page = _date_strings(selected[offset : offset + limit]).to_pylist()
+            return fred_json(
+                {
+                    "realtime_start": realtime_start,
+                    "realtime_end": realtime_end,
+                    "order_by": "vintage_date",
+                    "sort_order": sort_order,
+                    "count": int(stop - first),
+                    "offset": offset,
+                    "limit": limit,
+                    "vintage_dates": page,
+                }
+            )
+
+        key = ("vintagedates", series_id, realtime_start, realtime_end, limit, offset, sort_order)
+        return self.cache.get_or_render(key, render)
+
+    def _updates(self, query: Mapping[str, str]) -> bytes:
+        filter_value = query.get("filter_value", "all")
+        if filter_value not in ("macro", "regional", "all"):
+            raise FredError(400, MSG_FILTER_VALUE)
+        raw_start, raw_end = query.get("start_time"), query.get("end_time")
+        if raw_start is not None and raw_end is None:
+            raise FredError(400, msg_not_set("end_time"))
+        if raw_end is not None and raw_start is None:
+            raise FredError(400, msg_not_set("start_time"))
+        start_time = None if raw_start is None else _time_param(raw_start, "start_time")
+        end_time = None if raw_end is None else _time_param(raw_end, "end_time")
+        limit, offset = _paging(query, LISTING_MAX_LIMIT)
+
+        def render() -> bytes:
+            if filter_value == "regional":
+                ids: list[str] = []  # every simulated series is national
+            else:
+                end_excl = None if end_time is None else end_time + timedelta(minutes=1)
+                ids = self.catalog.updated_ids(start_time, end_excl)
+            return fred_json(
+                {
+                    "realtime_start": self.realtime,
+                    "realtime_end": self.realtime,
+                    "filter_variable": "geography",
+                    "filter_value": filter_value,
+                    "order_by": "last_updated",
+                    "sort_order": "desc",
+                    "count": len(ids),
+                    "offset": offset,
+                    "limit": limit,
+                    "seriess": [self.catalog.meta(s) for s in ids[offset : offset + limit]],
+                }
+            )
+
+        return self.cache.get_or_render(("updates", filter_value, raw_start, raw_end, limit, offset), render)
 
     def _listing(self, query: Mapping[str, str], kind: str, groups: dict[int, list[str]]) -> bytes:
         id_name = f"{kind}_id"
@@ -545,6 +771,23 @@ def _days(iso: str) -> int:
     return (date.fromisoformat(iso) - _EPOCH).days
 
 
+def _date_strings(days: np.ndarray) -> pa.StringArray:
+    """int days since 1970-01-01 -> "YYYY-MM-DD" strings."""
+    return pc.cast(pa.array(np.asarray(days, dtype=np.int32), pa.int32()).cast(pa.date32()), pa.string())
+
+
+def _time_param(raw: str, name: str) -> datetime:
+    """``YYYYMMDDHhmm`` in US Central time -> aware UTC datetime."""
+    try:
+        if not _TIME_RE.fullmatch(raw):
+            raise ValueError(raw)
+        local = datetime.strptime(raw, "%Y%m%d%H%M")
+    except ValueError:
+        raise FredError(400, msg_bad_time(name)) from None
+    offset = timezone(timedelta(hours=int(_central_offset(local.date()))))
+    return local.replace(tzinfo=offset).astimezone(timezone.utc)
+
+
 def _reset_connection(request: web.Request) -> None:
     """Abort the TCP connection with an RST (SO_LINGER 0), sending no response."""
     transport = request.transport
@@ -568,6 +811,7 @@ def build_app(config: SimConfig) -> web.Application:
     app.router.add_get("/_sim/health", sim.handle_health)
     app.router.add_get("/_sim/stats", sim.handle_stats)
     app.router.add_post("/_sim/reset", sim.handle_reset)
+    app.router.add_post("/_sim/advance", sim.handle_advance)
     return app
 
 
