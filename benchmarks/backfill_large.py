@@ -28,12 +28,13 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
 import psutil
 
+from fredflow.batches import windows
 from fredflow.sim.process import SimProcess
 from fredflow.sim.server import DEMO_API_KEY
 
@@ -104,7 +105,8 @@ def measure(runner: str, sim: SimProcess, n_series: int, workdir: Path) -> dict:
     db_bytes = db.stat().st_size
     db.unlink()
     return {
-        "runner": runner, "rows": rows, "series": n_series, "windows": 5, "requests": summary["requests"],
+        "runner": runner, "rows": rows, "series": n_series,
+        "windows": len(windows(date(1600, 1, 1), date.today(), "100y")), "requests": summary["requests"],
         "run_seconds": summary["seconds"], "wall_seconds": round(wall, 2),
         "rows_per_second": round(rows / summary["seconds"]), "peak_rss_bytes": rss.peak,
         "peak_rss_gib": round(rss.peak / 2**30, 3), "db_bytes": db_bytes,

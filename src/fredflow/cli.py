@@ -221,8 +221,9 @@ def _execute(args: argparse.Namespace, settings=None, **run) -> int:
             scope = f" (resumed: {summary.resumed_batches} batches were already staged)"
         print(f"run {summary.run_id} {summary.status}: {summary.n_series} series{scope}, {summary.n_rows:,} rows, "
               f"{summary.n_failed} failed, {summary.requests} requests ({summary.retries} retries, "
-              f"{summary.throttled} throttled) in {summary.seconds:.1f}s; fetch at {summary.achieved_rps:.1f} req/s "
-              f"= {summary.utilization:.0%} of --rate")
+              f"{summary.throttled} throttled) in {summary.seconds:.1f}s; "
+              + (f"fetch at {summary.achieved_rps:.1f} req/s = {summary.utilization:.0%} of --rate"
+                 if summary.achieved_rps else "fetch too short to measure its rate"))
         if summary.failed:
             shown = ", ".join(summary.failed[:10]) + (" …" if len(summary.failed) > 10 else "")
             print(f"failed series: {shown} (details: SELECT * FROM ingest_failures WHERE run_id = '{summary.run_id}')")
@@ -301,8 +302,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         table.add_row(r["run_id"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}", r["status"], r.get("mode") or "",
                       r["runner"], str(r["n_series"]), str(r.get("n_catalog") or ""), str(r["n_failed"]),
                       f"{r['n_rows']:,}", str(r["requests"]), str(r["retries"]), str(r["throttled"]),
-                      f"{r['seconds']:.1f}", f"{r['achieved_rps']:.1f}", f"{r['utilization'] or 0:.0%}")
-    console = Console()
+                      f"{r['seconds']:.1f}", f"{r['achieved_rps']:.1f}" if r["achieved_rps"] else "–",
+                      f"{r['utilization']:.0%}" if r["utilization"] else "–")
+    console = Console(width=None if sys.stdout.isatty() else 200)  # piped: do not squeeze to 80 columns
     console.print(table)
     if resumable:
         pending = Table("run_id", "started", "status", "mode", "staged batches", "staging folder",

@@ -26,6 +26,9 @@ from .stage import BatchManifest, RunStaging, SeriesFailure
 
 VINTAGE_EARLIEST = date(1776, 7, 4)  # ALFRED's real-time bounds
 VINTAGE_LATEST = date(9999, 12, 31)
+# FRED refuses more than 2,000 vintage dates per request. Whether it also counts the vintage
+# in effect at realtime_start is not documented: one of margin costs nothing.
+VINTAGES_PER_REQUEST = 1999
 
 
 @dataclass(slots=True)
@@ -70,7 +73,8 @@ async def _fetch_series(client: FredClient, batch: Batch, position: int):
     if batch.vintages:
         rows = await client.vintages(series_id, batch.realtime_start or VINTAGE_EARLIEST,
                                      batch.realtime_end or VINTAGE_LATEST,
-                                     observation_start=batch.start_of(position), observation_end=batch.end)
+                                     observation_start=batch.start_of(position), observation_end=batch.end,
+                                     max_vintage_dates=VINTAGES_PER_REQUEST)
     else:
         rows = await client.observations(series_id, batch.start_of(position), batch.end)
     return meta, rows

@@ -105,6 +105,7 @@ def check_dates(start: date | None, end: date | None, first: str = "--start", la
 
 MODES = ("full", "incremental", "backfill")
 PLAN_FORMAT = 1  # version of plan.json
+MIN_RATE_SPAN_S = 1.0  # a fetch phase shorter than this has no meaningful rate
 
 
 @dataclass(slots=True)
@@ -665,15 +666,17 @@ def summarize(run_id: str, manifests: list[BatchManifest], catalog_stats: Reques
               runner: str, db: str, *, rate: float, rate_from: list[BatchManifest] | None = None) -> RunSummary:
     """Totals of a run. ``achieved_rps`` is measured over the fetch phase only (first to last
     request of the batches in ``rate_from``, default all: a resumed run measures its own attempt),
-    so planning and merging do not dilute it; ``utilization`` = achieved ÷ rate."""
+    so planning and merging do not dilute it; ``utilization`` = achieved ÷ rate. Both are 0 when
+    the fetch phase lasted under :data:`MIN_RATE_SPAN_S` (too short to measure a rate)."""
     fetch_requests = sum(m.requests for m in manifests)
     timed = manifests if rate_from is None else rate_from
     firsts = [m.first_request_at for m in timed if m.first_request_at is not None]
     lasts = [m.last_request_at for m in timed if m.last_request_at is not None]
     span = max(lasts) - min(firsts) if firsts and lasts else 0.0
     timed_requests = sum(m.requests for m in timed)
-    # n requests spread over a span fill n-1 intervals of the schedule
-    achieved = (timed_requests - 1) / span if span > 0 and timed_requests > 1 else 0.0
+    # n requests spread over a span fill n-1 intervals of the schedule; under a second, a burst
+    # would read as a rate above --rate: too short to measure, reported as 0
+    achieved = (timed_requests - 1) / span if span >= MIN_RATE_SPAN_S and timed_requests > 1 else 0.0
     # a series appears once per window in a backfill: count it once, failed if any window failed
     failed = list(dict.fromkeys(f.series_id for m in manifests for f in m.failures))
     fetched = {sid for m in manifests for sid in m.succeeded} | set(failed)
