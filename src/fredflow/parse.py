@@ -181,6 +181,8 @@ VINTAGE_SCHEMA = pa.schema(
 )
 """Real-time observation rows: ``value`` of ``date`` as known from ``realtime_start`` to ``realtime_end``."""
 
+STAGED_VINTAGE_SCHEMA = pa.schema([("series_id", pa.string()), *VINTAGE_SCHEMA])
+
 VINTAGE_DATES_SCHEMA = pa.schema([("vintage_date", pa.date32())])
 
 

@@ -33,12 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import FatalRunError, StoreBusy
-from .parse import SERIES_SCHEMA, STAGED_OBSERVATION_SCHEMA, with_series_id
-
-STAGED_VINTAGE_SCHEMA = pa.schema([
-    ("series_id", pa.string()), ("date", pa.date32()), ("realtime_start", pa.date32()),
-    ("realtime_end", pa.date32()), ("value", pa.float64()),
-])
+from .parse import SERIES_SCHEMA, STAGED_OBSERVATION_SCHEMA, STAGED_VINTAGE_SCHEMA, with_series_id
 
 FLUSH_ROWS = 1_000_000
 _HELD: dict[str, int] = {}  # run folder -> fd of its held run.lock (this process)
@@ -238,62 +233,61 @@ class RunStaging:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+class _StagedRows:
+    """One kind of staged rows of a batch (observations or vintages): tables collected, then written
+    as ``<prefix>.<kind>-NNN.parquet`` whenever ``flush_rows`` rows are pending."""
+
+    def __init__(self, run_dir: Path, prefix: str, kind: str, schema: pa.Schema, flush_rows: int) -> None:
+        self._stem = run_dir / f"{prefix}.{kind}"
+        self._schema = schema
+        self._flush_rows = flush_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.files: list[str] = []
+
+    def add(self, series_id: str, rows: pa.Table) -> None:
+        self._pending.append(with_series_id(series_id, rows))
+        self._pending_rows += rows.num_rows
+        if self._pending_rows >= self._flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        path = self._stem.with_name(f"{self._stem.name}-{len(self.files):03d}.parquet")
+        _write_parquet(path, pa.concat_tables(self._pending).select(self._schema.names).cast(self._schema))
+        self.files.append(str(path))
+        self._pending, self._pending_rows = [], 0
+
+
 class BatchWriter:
     """Collects one batch's tables and writes them as Parquet, flushing every ``flush_rows`` rows."""
 
     def __init__(self, run_dir: Path, batch_index: int, flush_rows: int) -> None:
         self._run_dir = run_dir
         self._prefix = f"batch-{batch_index:06d}"
-        self._flush_rows = flush_rows
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
+        self._observations = _StagedRows(run_dir, self._prefix, "obs", STAGED_OBSERVATION_SCHEMA, flush_rows)
+        self._vintages = _StagedRows(run_dir, self._prefix, "vin", STAGED_VINTAGE_SCHEMA, flush_rows)
         self._series: list[pa.Table] = []
-        self.observation_files: list[str] = []
-        self.vintage_files: list[str] = []
-        self._vintages: list[pa.Table] = []
-        self._vintage_rows = 0
         self.rows = 0
 
     def add_observations(self, series_id: str, observations: pa.Table) -> None:
-        self._pending.append(with_series_id(series_id, observations))
-        self._pending_rows += observations.num_rows
+        self._observations.add(series_id, observations)
         self.rows += observations.num_rows
-        if self._pending_rows >= self._flush_rows:
-            self._flush()
 
     def add_vintages(self, series_id: str, vintages: pa.Table) -> None:
-        self._vintages.append(with_series_id(series_id, vintages))
-        self._vintage_rows += vintages.num_rows
+        self._vintages.add(series_id, vintages)
         self.rows += vintages.num_rows
-        if self._vintage_rows >= self._flush_rows:
-            self._flush_vintages()
-
-    def _flush_vintages(self) -> None:
-        if not self._vintages:
-            return
-        path = self._run_dir / f"{self._prefix}.vin-{len(self.vintage_files):03d}.parquet"
-        _write_parquet(path, pa.concat_tables(self._vintages).select(STAGED_VINTAGE_SCHEMA.names)
-                       .cast(STAGED_VINTAGE_SCHEMA))
-        self.vintage_files.append(str(path))
-        self._vintages, self._vintage_rows = [], 0
 
     def add_series(self, series: pa.Table) -> None:
         self._series.append(series)
 
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        path = self._run_dir / f"{self._prefix}.obs-{len(self.observation_files):03d}.parquet"
-        _write_parquet(path, pa.concat_tables(self._pending).cast(STAGED_OBSERVATION_SCHEMA))
-        self.observation_files.append(str(path))
-        self._pending, self._pending_rows = [], 0
-
     def finish(self, manifest: BatchManifest) -> BatchManifest:
         """Write the remaining files, then the manifest (last), and return it."""
-        self._flush()
-        self._flush_vintages()
-        manifest.observation_files = list(self.observation_files)
-        manifest.vintage_files = list(self.vintage_files)
+        self._observations.flush()
+        self._vintages.flush()
+        manifest.observation_files = list(self._observations.files)
+        manifest.vintage_files = list(self._vintages.files)
         manifest.rows = self.rows
         if self._series:
             path = self._run_dir / f"{self._prefix}.series.parquet"
