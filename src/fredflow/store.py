@@ -216,53 +216,43 @@ class SeriesState:
     checked_through: datetime | None = None
 
 
-def read_state(db_path: str | Path) -> dict[str, SeriesState]:
-    """Per-series state of the database (empty for a new database)."""
+@contextlib.contextmanager
+def _reading(db_path: str | Path, table: str) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    """A read-only connection if the database exists and has ``table``, else None (a new database)."""
     db_path = Path(db_path)
     if not db_path.exists():
-        return {}
+        yield None
+        return
     con = connect(db_path, read_only=True)
     try:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "series_state" not in tables:
+        yield con if table in tables else None
+    finally:
+        con.close()
+
+
+def read_state(db_path: str | Path) -> dict[str, SeriesState]:
+    """Per-series state of the database (empty for a new database)."""
+    with _reading(db_path, "series_state") as con:
+        if con is None:
             return {}
         columns = {r[0] for r in con.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'series_state'").fetchall()}
         checked = "checked_through" if "checked_through" in columns else "NULL"
         rows = con.execute(
             f"SELECT series_id, last_updated, last_observation_date, {checked} FROM series_state").fetchall()
-    finally:
-        con.close()
     return {sid: SeriesState(updated, last, through) for sid, updated, last, through in rows}
 
 
 def newest_run_start(db_path: str | Path) -> datetime | None:
     """``started_at`` of the newest committed run (None for a new database)."""
-    db_path = Path(db_path)
-    if not db_path.exists():
-        return None
-    con = connect(db_path, read_only=True)
-    try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "ingest_runs" not in tables:
-            return None
-        return con.execute("SELECT max(started_at) FROM ingest_runs").fetchall()[0][0]
-    finally:
-        con.close()
+    with _reading(db_path, "ingest_runs") as con:
+        return con.execute("SELECT max(started_at) FROM ingest_runs").fetchall()[0][0] if con else None
 
 
 def committed_run_ids(db_path: str | Path) -> set[str]:
-    db_path = Path(db_path)
-    if not db_path.exists():
-        return set()
-    con = connect(db_path, read_only=True)
-    try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "ingest_runs" not in tables:
-            return set()
-        return {r[0] for r in con.execute("SELECT run_id FROM ingest_runs").fetchall()}
-    finally:
-        con.close()
+    with _reading(db_path, "ingest_runs") as con:
+        return {r[0] for r in con.execute("SELECT run_id FROM ingest_runs").fetchall()} if con else set()
 
 
 def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchManifest],
@@ -382,17 +372,11 @@ def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], co
 
 def recent_runs(db_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
     """The latest runs, newest first, as plain dicts."""
-    if not Path(db_path).exists():
-        return []
-    con = connect(db_path, read_only=True)
-    try:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "ingest_runs" not in tables:
+    with _reading(db_path, "ingest_runs") as con:
+        if con is None:
             return []
         cursor = con.execute(
             "SELECT * EXCLUDE (parameters), parameters FROM ingest_runs ORDER BY started_at DESC LIMIT ?", [limit]
         )
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, values)) for values in cursor.fetchall()]
-    finally:
-        con.close()
