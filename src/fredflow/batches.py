@@ -63,28 +63,28 @@ class Batch:
     def to_dict(self) -> dict:
         return {
             "index": self.index, "series_ids": list(self.series_ids),
-            "start": _iso(self.start), "end": _iso(self.end), "fetch_metadata": self.fetch_metadata,
-            "starts": [_iso(d) for d in self.starts] if self.starts is not None else None,
-            "vintages": self.vintages, "realtime_start": _iso(self.realtime_start),
-            "realtime_end": _iso(self.realtime_end),
+            "start": iso_or_none(self.start), "end": iso_or_none(self.end), "fetch_metadata": self.fetch_metadata,
+            "starts": [iso_or_none(d) for d in self.starts] if self.starts is not None else None,
+            "vintages": self.vintages, "realtime_start": iso_or_none(self.realtime_start),
+            "realtime_end": iso_or_none(self.realtime_end),
         }
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Batch":
         return cls(
-            index=doc["index"], series_ids=tuple(doc["series_ids"]), start=_date(doc["start"]),
-            end=_date(doc["end"]), fetch_metadata=doc["fetch_metadata"],
-            starts=tuple(_date(d) for d in doc["starts"]) if doc.get("starts") is not None else None,
-            vintages=doc.get("vintages", False), realtime_start=_date(doc.get("realtime_start")),
-            realtime_end=_date(doc.get("realtime_end")),
+            index=doc["index"], series_ids=tuple(doc["series_ids"]), start=date_or_none(doc["start"]),
+            end=date_or_none(doc["end"]), fetch_metadata=doc["fetch_metadata"],
+            starts=tuple(date_or_none(d) for d in doc["starts"]) if doc.get("starts") is not None else None,
+            vintages=doc.get("vintages", False), realtime_start=date_or_none(doc.get("realtime_start")),
+            realtime_end=date_or_none(doc.get("realtime_end")),
         )
 
 
-def _iso(day: date | None) -> str | None:
+def iso_or_none(day: date | None) -> str | None:
     return day.isoformat() if day else None
 
 
-def _date(text: str | None) -> date | None:
+def date_or_none(text: str | None) -> date | None:
     return date.fromisoformat(text) if text else None
 
 

@@ -8,14 +8,16 @@ category listing already carries every series' metadata, so no per-series
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from .errors import UsageError
+from .errors import FatalRunError, FredError, UsageError
 from .fred import FredClient
+from .parse import SERIES_SCHEMA
 
 _SPLIT = re.compile(r"[\s,]+")
 
@@ -89,3 +91,24 @@ async def resolve(spec: CatalogSpec, client: FredClient) -> Catalog:
                      else client.category_series(spec.category))
     ids = list(dict.fromkeys(listing.column("series_id").to_pylist()))
     return Catalog(ids, listing)
+
+
+async def with_metadata(catalog: Catalog, client: FredClient, concurrency: int = 8) -> Catalog:
+    """The catalog with every series' metadata: the listing's, or one ``series`` request per explicit id
+    (``concurrency`` at a time, under the client's limiter). An id whose request fails is left out of
+    the metadata; it fails, and is recorded, when its batch is fetched."""
+    if catalog.metadata is not None:
+        return catalog
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(series_id: str) -> pa.Table | None:
+        async with slots:
+            try:
+                return await client.series(series_id)
+            except FatalRunError:
+                raise
+            except FredError:
+                return None
+
+    tables = [t for t in await asyncio.gather(*(one(sid) for sid in catalog.series_ids)) if t is not None]
+    return Catalog(catalog.series_ids, pa.concat_tables(tables) if tables else SERIES_SCHEMA.empty_table())

@@ -279,9 +279,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from .store import recent_runs
 
-    from .settings import default_staging_root
+    from .settings import staging_root_for
 
-    if not args.db.exists() and not (args.staging_dir or default_staging_root(args.db)).exists():
+    if not args.db.exists() and not staging_root_for(args.db, args.staging_dir).exists():
         raise UsageError(f"no database at {args.db}")
     from .pipeline import resumable_runs
 

@@ -25,16 +25,15 @@ from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import pyarrow as pa
 
-from .batches import Batch, auto_batch_size, iter_batches, parse_span, windows
-from .catalog import Catalog, CatalogSpec, resolve
+from .batches import Batch, auto_batch_size, date_or_none, iso_or_none, iter_batches, parse_span, windows
+from .catalog import Catalog, CatalogSpec, resolve, with_metadata
 from .changes import Selection, current_watermark, select_changed
 from .checkpoints import checkpoint
-from .errors import BadApiKey, FatalRunError, FredError, UsageError
+from .errors import BadApiKey, FatalRunError, UsageError
 from .fred import FredClient, RequestStats, new_session
 from .limiter import AdaptiveLimiter
-from .parse import SERIES_SCHEMA
 from .progress import NullProgress, Progress
-from .settings import Settings, default_staging_root
+from .settings import Settings, staging_root_for
 from .stage import BatchManifest, RunStaging
 from .runners import RunJob, make_runner
 from .store import (RunRecord, SeriesState, StateUpdate, committed_run_ids, merge_run, newest_run_start, read_state,
@@ -120,21 +119,17 @@ class SeriesGroup:
     def to_dict(self) -> dict[str, Any]:
         spans = None
         if self.spans is not None:
-            spans = [[_iso(span[0]), _iso(span[1])] if span else None for span in self.spans]
+            spans = [[iso_or_none(span[0]), iso_or_none(span[1])] if span else None for span in self.spans]
         return {"series_ids": self.series_ids, "fetch_metadata": self.fetch_metadata,
-                "starts": [_iso(d) for d in self.starts] if self.starts is not None else None, "spans": spans}
+                "starts": [iso_or_none(d) for d in self.starts] if self.starts is not None else None, "spans": spans}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "SeriesGroup":
         starts, spans = doc.get("starts"), doc.get("spans")
         return cls(doc["series_ids"], doc["fetch_metadata"],
-                   [_maybe_date(d) for d in starts] if starts is not None else None,
-                   [(_maybe_date(span[0]), _maybe_date(span[1])) if span else None for span in spans]
+                   [date_or_none(d) for d in starts] if starts is not None else None,
+                   [(date_or_none(span[0]), date_or_none(span[1])) if span else None for span in spans]
                    if spans is not None else None)
-
-
-def _iso(day: date | None) -> str | None:
-    return day.isoformat() if day else None
 
 
 @dataclass(slots=True)
@@ -211,7 +206,7 @@ class RunPlan:
         return {
             "run_id": self.run_id, "db": str(self.db), "runner": self.runner, "mode": self.mode,
             "groups": [g.to_dict() for g in self.groups], "batch_size": self.batch_size,
-            "windows": [[a.isoformat() if a else None, b.isoformat() if b else None] for a, b in self.windows],
+            "windows": [[iso_or_none(a), iso_or_none(b)] for a, b in self.windows],
             "vintages": self.vintages, "realtime_start": self.realtime_start, "realtime_end": self.realtime_end,
             "n_catalog": self.n_catalog, "parameters": self.parameters,
             "state": None if self.state is None else {
@@ -300,31 +295,10 @@ async def _select(request: RunRequest, stats: RequestStats, state: dict[str, Ser
             return catalog, selection, selection.checked_through
         # before anything else is read: an update published after this is newer, so the next run sees it
         checked_through = (await current_watermark(catalog, client)) if stamp else None
-        if request.mode == "backfill" and catalog.metadata is None:
+        if request.mode == "backfill":
             # a backfill needs each series' observed range to skip windows it does not reach
-            catalog = Catalog(catalog.series_ids, await _metadata(client, catalog.series_ids))
+            catalog = await with_metadata(catalog, client)
         return catalog, None, checked_through
-
-
-async def _metadata(client: FredClient, series_ids: list[str]) -> pa.Table:
-    """``series`` metadata of each id, concurrently under the client's limiter; an id whose request
-    fails is left out here and fails (recorded) when its batch is fetched."""
-    async def one(series_id: str) -> pa.Table | None:
-        try:
-            return await client.series(series_id)
-        except FatalRunError:
-            raise
-        except FredError:
-            return None
-
-    semaphore = asyncio.Semaphore(8)
-
-    async def bounded(series_id: str) -> pa.Table | None:
-        async with semaphore:
-            return await one(series_id)
-
-    tables = [t for t in await asyncio.gather(*(bounded(sid) for sid in series_ids)) if t is not None]
-    return pa.concat_tables(tables) if tables else SERIES_SCHEMA.empty_table()
 
 
 def _spans(series_ids: list[str], metadata: pa.Table) -> list[tuple[date | None, date | None] | None]:
@@ -357,8 +331,7 @@ def plan_run(request: RunRequest, *, slots: int) -> RunPlan:
         "realtime_start": request.realtime_start, "realtime_end": request.realtime_end,
         "settings": settings.public_dict(),
     }
-    root = Path(request.staging_root) if request.staging_root else default_staging_root(db_path)
-    staging = RunStaging(root.absolute(), run_id)  # absolute: workers and a later resume may run elsewhere
+    staging = RunStaging(staging_root_for(db_path, request.staging_root), run_id)
     try:
         staging.create({"run_id": run_id, "db": str(db_path), **parameters})
         staging.hold()
@@ -426,7 +399,7 @@ def resume_plan(request: RunRequest) -> RunPlan:
     older than a run committed since, whose merge would roll newer data back.
     """
     db_path, run_id = Path(request.db).absolute(), request.resume
-    root = (Path(request.staging_root) if request.staging_root else default_staging_root(db_path)).absolute()
+    root = staging_root_for(db_path, request.staging_root)
     staging = RunStaging(root, run_id)
     try:
         doc = staging.read_plan()
@@ -452,12 +425,12 @@ def resume_plan(request: RunRequest) -> RunPlan:
     plan = RunPlan(
         run_id=run_id, db=db_path, staging=staging, settings=request.settings, runner=request.runner,
         mode=doc["mode"], groups=[SeriesGroup.from_dict(g) for g in doc["groups"]], batch_size=doc["batch_size"],
-        windows=[(_maybe_date(a), _maybe_date(b)) for a, b in doc["windows"]],
+        windows=[(date_or_none(a), date_or_none(b)) for a, b in doc["windows"]],
         parameters={**doc["parameters"], "resumed": True},
         catalog_stats=RequestStats(requests=doc["catalog_requests"], retries=doc["catalog_retries"],
                                    throttled=doc["catalog_throttled"]),
-        vintages=doc["vintages"], realtime_start=_maybe_date(doc["realtime_start"]),
-        realtime_end=_maybe_date(doc["realtime_end"]), n_catalog=doc["n_catalog"],
+        vintages=doc["vintages"], realtime_start=date_or_none(doc["realtime_start"]),
+        realtime_end=date_or_none(doc["realtime_end"]), n_catalog=doc["n_catalog"],
         state=None if state_doc is None else StateUpdate(
             checked_through=datetime.fromisoformat(state_doc["checked_through"]) if state_doc["checked_through"]
             else None, unchanged=tuple(state_doc["unchanged"]), reset=tuple(state_doc["reset"])),
@@ -478,10 +451,6 @@ def resume_plan(request: RunRequest) -> RunPlan:
     log.info("resuming run %s: %d of %d batches already staged, %d to fetch",
              run_id, len(plan.done), plan.n_batches, plan.n_pending)
     return plan
-
-
-def _maybe_date(text: str | None) -> date | None:
-    return date.fromisoformat(text) if text else None
 
 
 def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
@@ -612,9 +581,9 @@ def resume(db: str | Path, run_id: str, *, settings: Settings | None = None, sta
     return ingest(db, None, resume=run_id, settings=settings, staging_root=staging_root, force=force, **options)
 
 
-def stored_settings(db: str | Path, run_id: str, staging_root: str | Path | None = None) -> dict[str, Any]:
+def stored_settings(db: str | Path, run_id: str, staging_dir: str | Path | None = None) -> dict[str, Any]:
     """The public settings a run was started with (from its staging folder; no api key)."""
-    root = Path(staging_root) if staging_root else default_staging_root(Path(db))
+    root = staging_root_for(db, staging_dir)
     try:
         return dict(RunStaging(root, run_id).read_run_info().get("settings") or {})
     except (OSError, ValueError):
@@ -635,10 +604,10 @@ class ResumableRun:
     status: str = "resumable"
 
 
-def resumable_runs(db: str | Path, staging_root: str | Path | None = None) -> list[ResumableRun]:
-    """Runs with a staging folder beside ``db`` (or under ``staging_root``) that were never committed."""
+def resumable_runs(db: str | Path, staging_dir: str | Path | None = None) -> list[ResumableRun]:
+    """Runs with a staging folder beside ``db`` (or under ``staging_dir``) that were never committed."""
     db_path = Path(db)
-    root = Path(staging_root) if staging_root else default_staging_root(db_path)
+    root = staging_root_for(db_path, staging_dir)
     if not root.is_dir():
         return []
     committed = committed_run_ids(db_path)

@@ -65,3 +65,9 @@ class Settings(BaseModel):
 def default_staging_root(db_path: Path) -> Path:
     """Staged files of runs into ``db`` live beside it, e.g. ``data/demo.duckdb`` → ``data/demo.staging/``."""
     return db_path.with_name(db_path.stem + ".staging")
+
+
+def staging_root_for(db_path: str | Path, staging_dir: str | Path | None = None) -> Path:
+    """Where runs into ``db_path`` stage: ``staging_dir`` if given, else beside the db; absolute,
+    because worker processes and a later ``fredflow resume`` may run from another directory."""
+    return Path(staging_dir or default_staging_root(Path(db_path))).absolute()
