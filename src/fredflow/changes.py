@@ -60,10 +60,6 @@ class Selection:
     metadata: pa.Table | None = None  # listing rows that carry the changed series' metadata
     checked_through: datetime | None = None
 
-    @property
-    def n_fetch(self) -> int:
-        return len(self.changed) + len(self.recheck) + len(self.new)
-
 
 def _last_updated(table: pa.Table) -> dict[str, datetime | None]:
     out: dict[str, datetime | None] = {}
@@ -90,14 +86,14 @@ async def _updates_since(client: FredClient, wanted: set[str], watermark: dateti
     newest: datetime | None = None
     async for page in client.series_updates():
         table = page.table
-        if newest is None:
-            newest = _newest(table)
+        stamps = [u for u in table.column("last_updated").to_pylist() if u is not None]
+        if not pages:  # the first page is the newest
+            newest = max(stamps) if stamps else None
         mask = pa.array([sid in wanted for sid in table.column("series_id").to_pylist()], pa.bool_())
         pages.append(table.filter(mask))
         for series_id, updated in _last_updated(table).items():
             if series_id in wanted:
                 latest.setdefault(series_id, updated)
-        stamps = [u for u in table.column("last_updated").to_pylist() if u is not None]
         if watermark is None or (stamps and min(stamps) < watermark):
             return latest, pages, True, newest
     return latest, pages, False, newest
