@@ -530,22 +530,7 @@ class FredSimulator:
         else:
             order = pa.array(np.arange(stop - 1 - offset, stop - 1 - offset - page, -1, dtype=np.int64))
             dates, values = data.dates.take(order), data.text.take(order)
-        header = fred_json(
-            {
-                "realtime_start": self.realtime,
-                "realtime_end": self.realtime,
-                "observation_start": start,
-                "observation_end": end,
-                "units": "lin",
-                "output_type": 1,
-                "file_type": "json",
-                "order_by": "observation_date",
-                "sort_order": sort_order,
-                "count": count,
-                "offset": offset,
-                "limit": limit,
-            }
-        )
+        header = _observations_header(self.realtime, self.realtime, start, end, 1, sort_order, count, offset, limit)
         return header[:-1] + b',"observations":[' + self._render_rows(dates, values) + b"]}"
 
     def _render_rows(self, dates: pa.Array, values: pa.Array) -> bytes:
@@ -606,22 +591,8 @@ class FredSimulator:
         count = len(rows)
         rows = rows[offset : offset + limit] if sort_order == "asc" else rows[::-1][offset : offset + limit]
         take = pa.array(rows, pa.int64())
-        header = fred_json(
-            {
-                "realtime_start": realtime_start,
-                "realtime_end": realtime_end,
-                "observation_start": start,
-                "observation_end": end,
-                "units": "lin",
-                "output_type": output_type,
-                "file_type": "json",
-                "order_by": "observation_date",
-                "sort_order": sort_order,
-                "count": count,
-                "offset": offset,
-                "limit": limit,
-            }
-        )
+        header = _observations_header(realtime_start, realtime_end, start, end, output_type, sort_order,
+                                      count, offset, limit)
         if len(rows) == 0:
             return header[:-1] + b',"observations":[]}'
         starts = _date_strings(np.maximum(data.start_days[rows], rs))
@@ -728,6 +699,27 @@ class FredSimulator:
             )
 
         return self.cache.get_or_render((kind, group_id, limit, offset), render)
+
+
+def _observations_header(realtime_start: str, realtime_end: str, start: str, end: str, output_type: int,
+                         sort_order: str, count: int, offset: int, limit: int) -> bytes:
+    """The envelope of a ``series/observations`` answer, in FRED's key order (rows are appended to it)."""
+    return fred_json(
+        {
+            "realtime_start": realtime_start,
+            "realtime_end": realtime_end,
+            "observation_start": start,
+            "observation_end": end,
+            "units": "lin",
+            "output_type": output_type,
+            "file_type": "json",
+            "order_by": "observation_date",
+            "sort_order": sort_order,
+            "count": count,
+            "offset": offset,
+            "limit": limit,
+        }
+    )
 
 
 def _int_param(raw: str, name: str) -> int:
