@@ -39,7 +39,7 @@ class Settings(BaseModel):
     backoff_max: float = Field(30.0, ge=0)
     page_limit: int = Field(100_000, ge=1, le=100_000)
     # DuckDB's memory cap during the merge: above it, the upsert's hash join spills to <db>.tmp
-    # instead of growing (20M staged rows: 0.56 GiB peak at 512MB, 1.3 GiB uncapped).
+    # instead of growing (re-merging 20M rows: 0.57 GiB peak at 512MB, 1.57 GiB uncapped; merge_strategies.py).
     merge_memory_limit: str = Field("512MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
 
     @classmethod
