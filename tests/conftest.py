@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-#: Real FRED responses; CI clones the repo with shared/ beside it.
-SAMPLES = Path(os.environ.get("FRED_SAMPLES", REPO.parent / "shared" / "fred-samples"))
+#: Real FRED responses recorded by public projects, kept in the repository with their provenance
+#: (each X.json has X.meta.txt beside it; see tests/data/fred-samples/README.md).
+SAMPLES = Path(os.environ.get("FRED_SAMPLES", REPO / "tests" / "data" / "fred-samples"))
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from fredflow.sim.cli import config_to_argv, parse_args
 from fredflow.sim.server import FredSimulator
 
 #: Real FRED responses (same location rule as conftest.py).
-SAMPLES = Path(os.environ.get("FRED_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "fred-samples"))
+from conftest import SAMPLES  # noqa: E402
 
 # Key orders of real FRED responses (checked against SAMPLES when present).
 SERIES_ENVELOPE_KEYS = ["realtime_start", "realtime_end", "seriess"]
@@ -91,7 +91,6 @@ def assert_matches_catalog(observations: list[dict[str, str]], catalog: SimCatal
 # ------------------------------------------------------------------ shapes
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason="real FRED samples not available")
 def test_key_orders_are_those_of_real_fred_samples() -> None:
     def load(fragment: str) -> dict[str, Any]:
         (path,) = [p for p in SAMPLES.glob("*.json") if fragment in p.name]
