@@ -34,7 +34,7 @@ from pathlib import Path
 import duckdb
 import psutil
 
-from fredflow.batches import windows
+from fredflow.run.batches import windows
 from fredflow.sim.process import SimProcess
 from fredflow.sim.server import DEMO_API_KEY
 

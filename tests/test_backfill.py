@@ -8,9 +8,9 @@ import pytest
 
 from e2e import assert_db_matches, count
 from fredflow import CatalogSpec
-from fredflow.batches import windows
+from fredflow.run.batches import windows
 from fredflow.errors import UsageError
-from fredflow.pipeline import backfill, ingest
+from fredflow.api import backfill, ingest
 
 
 def test_windows_tile_the_range_exactly():

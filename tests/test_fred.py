@@ -12,8 +12,8 @@ from conftest import SAMPLES
 from fredflow.errors import (
     BadApiKey, BadRequest, CatalogNotFound, RateLimited, SeriesNotFound, TransientError,
 )
-from fredflow.fred import FredClient, RequestStats, classify, new_session
-from fredflow.limiter import AdaptiveLimiter
+from fredflow.sources.fred.client import FredClient, RequestStats, classify, new_session
+from fredflow.ratelimit.local import AdaptiveLimiter
 from fredflow.sim.process import SimProcess
 from fredflow.sim.server import UNREGISTERED_KEY
 

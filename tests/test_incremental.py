@@ -7,7 +7,7 @@ import pytest
 
 from e2e import assert_db_matches, count
 from fredflow import CatalogSpec
-from fredflow.pipeline import ingest
+from fredflow.api import ingest
 from fredflow.sim.process import SimProcess
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fredflow.parse import (
+from fredflow.sources.fred.parse import (
     OBSERVATION_SCHEMA,
     ResponseFormatError,
     parse_last_updated,

@@ -10,17 +10,17 @@ import time
 
 import pytest
 
-from fredflow.limiter import (
+from fredflow.ratelimit.local import AdaptiveLimiter
+from fredflow.ratelimit.policy import (
     DECREASE,
     DECREASE_AGAIN,
     DECREASE_MEASURED,
     INCREASE_PER_S,
     MEASURED_PAUSE_TOKENS,
     PROBE_PER_S,
-    AdaptiveLimiter,
     AimdPolicy,
 )
-from fredflow.quota import JITTER_MARGIN, RemoteLimiter, TokenService
+from fredflow.ratelimit.service import JITTER_MARGIN, RemoteLimiter, TokenService
 
 
 def max_in_window(times: list[float], window: float) -> int:
@@ -104,7 +104,7 @@ async def test_adaptive_limiter_keeps_any_second_within_rate_plus_burst():
 
 _CHILD = r"""
 import asyncio, json, sys, time
-from fredflow.quota import RemoteLimiter
+from fredflow.ratelimit.service import RemoteLimiter
 url, n, coros = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 async def main():
     limiter = RemoteLimiter(url, rate=float(sys.argv[4]), burst=1)

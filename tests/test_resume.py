@@ -16,7 +16,7 @@ import pytest
 from e2e import assert_db_matches, count
 from fredflow import CatalogSpec
 from fredflow.errors import UsageError
-from fredflow.pipeline import ingest, resumable_runs, resume
+from fredflow.api import ingest, resumable_runs, resume
 from fredflow.sim.process import SimProcess
 from fredflow.sim.server import DEMO_API_KEY
 
@@ -44,7 +44,7 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 120
 
 
 def _paused_ingest(tmp_path: Path, db: Path, sim, ids, point: str, *extra: str) -> subprocess.Popen:
-    """`fredflow ingest` in a child process, frozen at checkpoint ``point`` (see fredflow.checkpoints)."""
+    """`fredflow ingest` in a child process, frozen at checkpoint ``point`` (see fredflow.testing.failpoints)."""
     marker = tmp_path / f"paused-{point}"
     proc = _cli("ingest", "--db", str(db), "--series", ",".join(ids), "--api-url", sim.url, "--api-key",
                 DEMO_API_KEY, "--rate", "500", "--quiet", *extra,

@@ -134,7 +134,7 @@ def test_runs_appear_on_the_configured_prefect_server(tmp_path, runner_sim, sett
     from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from fredflow.runners.prefect_runner import prefect_api
+    from fredflow.runners.prefect.api_server import prefect_api
 
     with prefect_api() as api_url:  # stands in for `prefect server start`
         monkeypatch.setenv("PREFECT_API_URL", api_url)
@@ -175,7 +175,7 @@ def test_prefect_yaml_deployments_load_and_validate():
         flow = load_flow_from_entrypoint(deployment["entrypoint"])
         names[deployment["name"]] = flow.name
         validated = flow.validate_parameters(deployment["parameters"])  # raises on a wrong name or type
-        assert validated["db"] == "data/fred.duckdb"
+        assert str(validated["options"].db) == "data/fred.duckdb"
         assert "api_key" not in deployment["parameters"]
     assert names == {"daily-incremental": "fredflow-ingest", "backfill": "fredflow-backfill"}
 
@@ -183,7 +183,7 @@ def test_prefect_yaml_deployments_load_and_validate():
 def test_backfill_windows_are_contiguous_and_disjoint():
     from datetime import date, timedelta
 
-    from fredflow.batches import windows
+    from fredflow.run.batches import windows
 
     cuts = windows(date(1947, 1, 1), date(2026, 11, 20), 10)
     assert cuts[0][0] == date(1947, 1, 1) and cuts[-1][1] == date(2026, 11, 20)
@@ -196,7 +196,7 @@ def test_backfill_windows_are_contiguous_and_disjoint():
 def test_backfill_and_incremental_through_the_flow(tmp_path, settings_for):
     """Backfill windows on Dask worker processes, then an incremental day on the thread pool:
     the flow's parameters carry the mode, windows and state through Prefect like any run."""
-    from fredflow.pipeline import backfill
+    from fredflow.api import backfill
 
     with SimProcess(n_series=40, seed=4, long_series=0) as sim:
         db = tmp_path / "f.duckdb"

@@ -439,7 +439,7 @@ async def test_fault_kind(kind: str) -> None:
 def updates_order(catalog: SimCatalog) -> list[str]:
     """Servable ids by last_updated descending (as instants), ties by id: computed
     from the metadata strings, independently of the catalog's own ordering."""
-    from fredflow.parse import parse_last_updated
+    from fredflow.sources.fred.parse import parse_last_updated
 
     stamps = {sid: parse_last_updated(catalog.meta(sid)["last_updated"]) for sid in catalog.series_ids}
     return sorted(catalog.series_ids, key=lambda sid: (-stamps[sid].timestamp(), sid))
@@ -476,7 +476,7 @@ async def test_updates_shape_order_and_paging(sim: SimProcess) -> None:
 async def test_updates_filters_and_time_window(sim: SimProcess) -> None:
     from zoneinfo import ZoneInfo
 
-    from fredflow.parse import parse_last_updated
+    from fredflow.sources.fred.parse import parse_last_updated
 
     catalog = sim.catalog
     expected = updates_order(catalog)

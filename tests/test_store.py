@@ -8,9 +8,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from fredflow.parse import OBSERVATION_SCHEMA, SERIES_SCHEMA
-from fredflow.stage import BatchManifest, RunStaging, SeriesFailure
-from fredflow.store import RunRecord, connect, merge_run, recent_runs
+from fredflow.sources.fred.parse import OBSERVATION_SCHEMA, SERIES_SCHEMA
+from fredflow.staging import BatchManifest, RunStaging, SeriesFailure
+from fredflow.destinations.duckdb import RunRecord, connect, merge_run, recent_runs
 from fredflow.errors import StoreBusy
 
 

@@ -19,9 +19,9 @@ import pytest
 
 from conftest import SAMPLES
 from fredflow.errors import BadRequest
-from fredflow.fred import FredClient, RequestStats, new_session, vintage_ranges
-from fredflow.limiter import AdaptiveLimiter
-from fredflow.parse import VINTAGE_SCHEMA, parse_vintage_dates, parse_vintage_observations, stitch_vintages
+from fredflow.sources.fred.client import FredClient, RequestStats, new_session, vintage_ranges
+from fredflow.ratelimit.local import AdaptiveLimiter
+from fredflow.sources.fred.parse import VINTAGE_SCHEMA, parse_vintage_dates, parse_vintage_observations, stitch_vintages
 from fredflow.sim import DEMO_API_KEY, SimCatalog
 
 REALTIME_MIN, REALTIME_MAX = date(1776, 7, 4), date(9999, 12, 31)
@@ -366,7 +366,7 @@ def _vintage_truth(catalog, ids, rs=REALTIME_MIN, re=REALTIME_MAX, obs_start=dat
 def test_ingest_vintages_lands_revision_history_exactly(tmp_path, sim, settings_for) -> None:
     """--vintages over a daily series with > 2000 vintage dates (split and stitched) and a monthly one."""
     from fredflow import CatalogSpec
-    from fredflow.pipeline import backfill, ingest
+    from fredflow.api import backfill, ingest
 
     catalog = sim.catalog
     ids = [oldest(catalog, "Daily"), oldest(catalog, "Monthly")]
@@ -396,7 +396,7 @@ def test_a_bounded_vintages_run_replaces_the_series_history_in_its_range(tmp_pat
     """FRED clips periods to the requested real-time range: a bounded run replaces what is stored for its
     series and dates, rather than mixing clipped periods into whole ones."""
     from fredflow import CatalogSpec
-    from fredflow.pipeline import ingest
+    from fredflow.api import ingest
 
     catalog = sim.catalog
     ids = [oldest(catalog, "Quarterly"), oldest(catalog, "Monthly")]

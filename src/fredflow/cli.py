@@ -14,8 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from .errors import FatalRunError, FredflowError, UsageError
-from .pipeline import EXIT_FATAL, EXIT_USAGE
+from .errors import EXIT_FATAL, EXIT_USAGE, FatalRunError, FredflowError, UsageError
 
 log = logging.getLogger("fredflow")
 
@@ -178,17 +177,14 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
 
 
 def _runner_options(args: argparse.Namespace) -> dict:
+    """The runner flags given (RunOptions checks that they fit the runner)."""
     options = {"workers": args.workers, "threads_per_worker": args.threads_per_worker,
                "thread_slots": args.thread_slots, "dask_address": args.dask_address}
-    given = {k: v for k, v in options.items() if v is not None}
-    if given and args.runner == "asyncio":
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise UsageError(f"{flags} only apply to --runner thread or dask")
-    return given
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _catalog_spec(args: argparse.Namespace):
-    from .catalog import CatalogSpec
+    from .sources.fred.catalog import CatalogSpec
 
     return CatalogSpec(
         series=tuple(args.series.split(",")) if args.series is not None else None,
@@ -198,14 +194,14 @@ def _catalog_spec(args: argparse.Namespace):
 
 def _execute(args: argparse.Namespace, settings=None, **run) -> int:
     """Run the pipeline with the common options of ingest/backfill/resume and print the summary."""
-    from .pipeline import ingest
+    from .api import ingest
     from .progress import for_terminal
 
     try:
         summary = ingest(
-            args.db, settings=settings or _settings(args), runner=args.runner, runner_options=_runner_options(args),
-            staging_root=args.staging_dir,
-            progress=for_terminal(quiet=args.quiet or args.json and not sys.stderr.isatty()), **run,
+            args.db, settings=settings or _settings(args), runner=args.runner, staging_dir=args.staging_dir,
+            progress=for_terminal(quiet=args.quiet or args.json and not sys.stderr.isatty()),
+            **_runner_options(args), **run,
         )
     except FatalRunError as exc:
         if args.json:
@@ -244,7 +240,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """The run's own settings (api url, rate, …) unless given again; the key from --api-key or FRED_API_KEY."""
-    from .pipeline import stored_settings
+    from .run.plan import stored_settings
 
     stored = stored_settings(args.db, args.run_id, args.staging_dir)
     return _execute(args, settings=_settings(args, stored), catalog=None, resume=args.run_id, force=args.force)
@@ -258,32 +254,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("set FRED_API_KEY in the environment of 'fredflow serve': scheduled runs read it from there")
     from prefect.schedules import Cron
 
-    from .runners.prefect_runner import ingest_flow, prefect_api
+    from .options import RunOptions
+    from .runners.prefect.api_server import prefect_api
+    from .runners.prefect.flows import ingest_flow
 
-    parameters = {
-        "db": str(args.db.resolve()), "series": args.series.split(",") if args.series else None,
-        "series_file": str(args.series_file.resolve()) if args.series_file else None,
-        "release": args.release, "category": args.category, "runner": args.runner,
-        "workers": args.workers, "threads_per_worker": args.threads_per_worker,
-        "settings": {k: v for k, v in {"api_url": args.api_url, "rate": args.rate,
-                                         "concurrency": args.concurrency}.items() if v is not None},
-    }
+    spec = _catalog_spec(args)
+    if spec.series_file is not None:
+        spec = spec.model_copy(update={"series_file": spec.series_file.resolve()})
+    shape = {"workers": args.workers, "threads_per_worker": args.threads_per_worker} if args.runner == "dask" else {}
+    options = RunOptions.build(db=args.db.resolve(), catalog=spec, mode="incremental", runner=args.runner, **shape)
+    settings = {k: v for k, v in {"api_url": args.api_url, "rate": args.rate,
+                                  "concurrency": args.concurrency}.items() if v is not None}
     with prefect_api() as api_url:
         log.info("serving deployment %r (%s %s) against the Prefect API at %s; Ctrl-C stops",
                  args.name, args.cron, args.timezone, api_url)
         ingest_flow.serve(name=args.name, schedules=[Cron(args.cron, timezone=args.timezone)],
-                          parameters={k: v for k, v in parameters.items() if v is not None})
+                          parameters={"options": options.model_dump(mode="json"), "settings": settings})
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .store import recent_runs
-
+    from .destinations.duckdb import recent_runs
+    from .run.plan import resumable_runs
     from .settings import staging_root_for
 
-    if not args.db.exists() and not staging_root_for(args.db, args.staging_dir).exists():
+    if not args.db.exists() and not Path(staging_root_for(args.db, args.staging_dir)).exists():
         raise UsageError(f"no database at {args.db}")
-    from .pipeline import resumable_runs
 
     rows = recent_runs(args.db, args.limit)
     resumable = resumable_runs(args.db, args.staging_dir)

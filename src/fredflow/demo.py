@@ -15,9 +15,9 @@ from pathlib import Path
 
 import duckdb
 
-from .catalog import CatalogSpec
-from .pipeline import ingest
+from .api import ingest
 from .progress import for_terminal
+from .sources.fred.catalog import CatalogSpec
 from .settings import Settings
 from .sim.process import SimProcess
 from .sim.server import DEMO_API_KEY

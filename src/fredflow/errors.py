@@ -1,12 +1,29 @@
 """Error types: every failure fredflow reports is one of these.
 
-They are decided in one place (:func:`fredflow.fred.classify`) and handled in
-one place per policy: permanent per-series failures are recorded and the run
-goes on, transient ones are retried, fatal ones abort the run before anything
-is committed.
+::
+
+    FredflowError
+    ├── UsageError                 bad input: one line, exit 2
+    ├── FatalRunError              the run cannot go on: nothing committed, exit 1
+    │   ├── BadApiKey   (also a FredError)
+    │   ├── CatalogNotFound (also a BadRequest)
+    │   └── StoreBusy              the database (or the run) is held by another process
+    └── FredError                  an answer from FRED, or a transport failure talking to it
+        ├── SeriesNotFound         that series fails alone; the run goes on (exit 3)
+        ├── BadRequest             any other 4xx: not retried
+        ├── RateLimited            429: the whole run slows down, then retries
+        └── TransientError         5xx, timeouts, resets, bad bodies: retried with backoff, bounded
+
+FRED's answers are classified in one place (:func:`fredflow.sources.fred.client.classify`) and
+each class is handled in one place per policy: permanent per-series failures are recorded and
+the run goes on, transient ones are retried, fatal ones abort the run before anything is
+committed. The CLI maps them to the exit codes below.
 """
 
 from __future__ import annotations
+
+#: The CLI's exit codes: every series ingested; fatal (nothing committed); usage error; committed, some series failed.
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 class FredflowError(Exception):

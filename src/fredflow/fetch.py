@@ -12,23 +12,32 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import date
 
 import aiohttp
 
-from .batches import Batch
 from .errors import FatalRunError, FredError
-from .fred import FredClient, RequestStats, new_session
-from .limiter import AdaptiveLimiter, Limiter
-from .quota import RemoteLimiter
+from .ratelimit.local import AdaptiveLimiter, Limiter
+from .ratelimit.service import RemoteLimiter
+from .run.batches import Batch
 from .settings import Settings
-from .stage import BatchManifest, RunStaging, SeriesFailure
+from .sources.fred.client import FredClient, RequestStats, new_session
+from .sources.fred.limits import VINTAGE_EARLIEST, VINTAGE_LATEST, VINTAGES_PER_REQUEST
+from .staging import BatchManifest, RunStaging, SeriesFailure
+from .testing.failpoints import fatal_at
 
-VINTAGE_EARLIEST = date(1776, 7, 4)  # ALFRED's real-time bounds
-VINTAGE_LATEST = date(9999, 12, 31)
-# FRED refuses more than 2,000 vintage dates per request. Whether it also counts the vintage
-# in effect at realtime_start is not documented: one of margin costs nothing.
-VINTAGES_PER_REQUEST = 1999
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    """What every batch of a run needs to know: where to stage and how to talk to FRED.
+    Small and picklable: the Prefect runners ship it with every mapped task."""
+
+    run_id: str
+    staging_root: str  # a local path or a URI (see fredflow.staging)
+    settings: Settings
+    quota_url: str | None = None  # the run's TokenService, when batches run in other threads/processes
+
+    def staging(self) -> RunStaging:
+        return RunStaging(self.staging_root, self.run_id)
 
 
 @dataclass(slots=True)
@@ -82,6 +91,7 @@ async def _fetch_series(client: FredClient, batch: Batch, position: int):
 
 async def fetch_batch(batch: Batch, staging: RunStaging, ctx: FetchContext) -> BatchManifest:
     """Fetch every series of ``batch`` (bounded by ``ctx.semaphore``) and stage it."""
+    fatal_at("fetch-batch", str(batch.index))
     started = time.perf_counter()
     stats = RequestStats()
     manifest = BatchManifest(batch_index=batch.index, batch_key=batch.key)

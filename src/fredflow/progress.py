@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Protocol
 
-from .stage import BatchManifest
+from .staging import BatchManifest
 
 log = logging.getLogger("fredflow")
 

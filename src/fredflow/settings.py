@@ -67,7 +67,9 @@ def default_staging_root(db_path: Path) -> Path:
     return db_path.with_name(db_path.stem + ".staging")
 
 
-def staging_root_for(db_path: str | Path, staging_dir: str | Path | None = None) -> Path:
-    """Where runs into ``db_path`` stage: ``staging_dir`` if given, else beside the db; absolute,
-    because worker processes and a later ``fredflow resume`` may run from another directory."""
-    return Path(staging_dir or default_staging_root(Path(db_path))).absolute()
+def staging_root_for(db_path: str | Path, staging_dir: str | Path | None = None) -> str:
+    """Where runs into ``db_path`` stage: ``staging_dir`` if given (a path or a URI such as ``s3://bucket/prefix``),
+    else beside the db. A local path is made absolute, because worker processes and a later
+    ``fredflow resume`` may run from another directory."""
+    text = str(staging_dir) if staging_dir else str(default_staging_root(Path(db_path)))
+    return text if "://" in text else str(Path(text).absolute())

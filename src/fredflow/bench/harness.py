@@ -4,7 +4,7 @@ For each scenario and size the harness
 
 1. starts the simulator (:class:`~fredflow.sim.SimProcess`, its own process);
 2. counts the rows the catalog holds (the truth for verification) and times
-   :func:`fredflow.parse.parse_observations` on a sample of real bodies
+   :func:`fredflow.sources.fred.parse.parse_observations` on a sample of real bodies
    (the CPU term of the ideal time, measured in this bench);
 3. warms the simulator's body cache with one unrecorded asyncio run (unlimited
    scenarios), so no measured run pays for rendering;
@@ -320,8 +320,8 @@ def _get(url: str, attempts: int = 40) -> bytes:
 
 
 def measure_parse(sim, api_key: str, sample: int = 16, passes: int = 5) -> dict[str, Any]:  # noqa: ANN001
-    """CPU µs per observation of :func:`fredflow.parse.parse_observations`, on real bodies of this catalog."""
-    from fredflow.parse import parse_observations
+    """CPU µs per observation of :func:`fredflow.sources.fred.parse.parse_observations`, on real bodies of this catalog."""
+    from fredflow.sources.fred.parse import parse_observations
 
     ids = sim.catalog.series_ids
     step = max(1, len(ids) // sample)

@@ -1,7 +1,7 @@
 """Prefect's per-task overhead, measured: ``python -m fredflow.bench.overhead SPEC.json RESULT.json``.
 
 A flow on the same task runner fredflow's ``thread``/``dask`` runners build
-(:func:`fredflow.runners.prefect_runner.task_runner_for`) maps ``warm`` no-op
+(:func:`fredflow.runners.prefect.task_runners.task_runner_for`) maps ``warm`` no-op
 async tasks (starting the cluster, importing everything in the workers), then
 maps ``n_tasks`` more and waits for all of them. The first phase is the fixed
 cost; the second, divided by ``n_tasks``, is the overhead per task
@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any
 
-from fredflow.runners import prefect_runner  # noqa: F401 - sets Prefect's env defaults before prefect loads
+import fredflow.runners.prefect  # noqa: F401 - sets Prefect's env defaults before prefect loads
 
 from prefect import flow, task  # noqa: E402 - this module is Prefect-only
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -45,11 +45,11 @@ def overhead_flow(n_tasks: int, warm: int) -> dict[str, float]:
 
 
 def measure(runner: str, n_tasks: int, *, workers: int, threads_per_worker: int, thread_slots: int) -> dict[str, Any]:
-    from fredflow.runners.prefect_runner import task_runner_for
+    from fredflow.runners.prefect.task_runners import RunnerShape, task_runner_for
 
-    slots = thread_slots if runner == "thread" else workers * threads_per_worker
-    task_runner = task_runner_for(runner, slots=slots, workers=workers, threads_per_worker=threads_per_worker,
-                                  dask_address=None)
+    shape = RunnerShape(runner, workers=workers, threads_per_worker=threads_per_worker, thread_slots=thread_slots)
+    slots = shape.slots
+    task_runner = task_runner_for(shape)
     t0 = time.perf_counter()
     timings = overhead_flow.with_options(task_runner=task_runner)(n_tasks=n_tasks, warm=slots)
     total = time.perf_counter() - t0

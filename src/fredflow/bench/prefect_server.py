@@ -3,7 +3,7 @@
 Started once by the harness (like the server a deployment reports to), so a
 run's wall time is the run's, not a temporary server's start-up (~6-12 s on
 2 cores, which ``fredflow ingest --runner dask`` pays when ``PREFECT_API_URL``
-is unset). Uses fredflow's own :func:`~fredflow.runners.prefect_runner.prefect_api`.
+is unset). Uses fredflow's own :func:`~fredflow.runners.prefect.api_server.prefect_api`.
 Prints one JSON line ``{"url": ...}`` when the API answers, then serves until
 its stdin is closed.
 """
@@ -15,7 +15,7 @@ import sys
 
 
 def main() -> int:
-    from fredflow.runners.prefect_runner import prefect_api
+    from fredflow.runners.prefect.api_server import prefect_api
 
     with prefect_api() as url:
         sys.stdout.write(json.dumps({"url": url}) + "\n")

@@ -167,7 +167,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         from fredflow import CatalogSpec, Settings, ingest
 
         if runner in ("thread", "dask"):
-            import fredflow.runners.prefect_runner  # noqa: F401 - imported before the clock starts
+            import fredflow.runners.prefect.flows  # noqa: F401 - imported before the clock starts
     import_s = time.perf_counter() - t_import
 
     self0 = resource.getrusage(resource.RUSAGE_SELF)

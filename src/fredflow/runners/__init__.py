@@ -1,34 +1,20 @@
 """Runners: thin adapters that run the same :func:`fredflow.fetch.fetch_batch` over many batches.
 
-Every runner executes :func:`fredflow.pipeline.run_pipeline` (plan → fan out →
-merge) and supplies only the fan-out; none of them parses, stages, merges or
-talks to FRED itself. ``asyncio`` imports neither Prefect nor Dask.
+Every runner executes :func:`fredflow.run.execute.run_pipeline` (plan → fan out → merge) and
+supplies only the fan-out; none of them parses, stages, merges or talks to FRED itself.
+``asyncio`` imports neither Prefect nor Dask; ``thread`` and ``dask`` live in
+:mod:`fredflow.runners.prefect`, the only place Prefect and Dask are imported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..errors import UsageError
+from ..options import RunnerName, RunOptions
 from ..progress import Progress
+from ..run.execute import RunSummary
 from ..settings import Settings
-
-if TYPE_CHECKING:
-    from ..pipeline import RunRequest, RunSummary
-
-RUNNER_NAMES = ("asyncio", "thread", "dask")
-
-
-@dataclass(frozen=True, slots=True)
-class RunJob:
-    """What every batch of a run needs to know: where to stage and how to talk to FRED."""
-
-    run_id: str
-    staging_root: Path
-    settings: Settings
-    quota_url: str | None = None  # the run's TokenService, when batches run in other threads/processes
 
 
 class Runner(Protocol):
@@ -38,21 +24,22 @@ class Runner(Protocol):
     def slots(self) -> int:
         """How many batches run at once (sizes batches)."""
 
-    def execute(self, request: "RunRequest", progress: Progress) -> "RunSummary":
+    @property
+    def task_overhead(self) -> float:
+        """Seconds one batch costs the runner beyond its work (sizes batches)."""
+
+    def execute(self, options: RunOptions, settings: Settings, progress: Progress) -> RunSummary:
         """Plan, run every batch, merge; return the summary. Raise the first fatal error."""
 
 
-def make_runner(name: str, **options) -> Runner:
-    if name == "asyncio":
-        from .asyncio_runner import AsyncioRunner
+def make_runner(options: RunOptions) -> Runner:
+    """The runner ``options.runner`` names, shaped by the runner fields of ``options``."""
+    if options.runner == RunnerName.ASYNCIO:
+        from .asyncio_runner import AsyncioRunner  # no Prefect or Dask in an asyncio run
 
-        if options:
-            raise UsageError(f"runner options {sorted(options)} do not apply to the asyncio runner")
         return AsyncioRunner()
-    if name in ("thread", "dask"):
-        try:
-            from .prefect_runner import make_prefect_runner
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise UsageError(f"--runner {name} needs prefect and prefect-dask installed ({exc})") from None
-        return make_prefect_runner(name, **options)
-    raise UsageError(f"unknown runner {name!r}; choose one of {', '.join(RUNNER_NAMES)}")
+    try:
+        from .prefect.runner import PrefectRunner
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise UsageError(f"--runner {options.runner} needs prefect and prefect-dask installed ({exc})") from None
+    return PrefectRunner(str(options.runner), **options.runner_options())

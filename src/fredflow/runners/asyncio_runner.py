@@ -1,6 +1,6 @@
 """The ``asyncio`` runner: every batch on one event loop in this process.
 
-One aiohttp session, one :class:`~fredflow.limiter.AdaptiveLimiter` and one
+One aiohttp session, one :class:`~fredflow.ratelimit.local.AdaptiveLimiter` and one
 semaphore of ``concurrency`` requests are shared by all batches, so ``rate``
 and ``concurrency`` hold for the whole run. Batches are pulled from the
 generator only as slots free up: a few are in memory at a time.
@@ -12,34 +12,35 @@ import asyncio
 import math
 from typing import Iterator
 
-from ..batches import Batch
-from ..fetch import FetchContext, fetch_batch
-from ..fred import new_session
+from ..aio import run_sync
+from ..destinations.duckdb import DuckDBDestination
+from ..fetch import FetchContext, RunJob, fetch_batch
+from ..options import RunOptions
 from ..progress import Progress
-from ..stage import BatchManifest, RunStaging
-from . import RunJob
+from ..run.batches import Batch
+from ..run.execute import RunSummary, run_pipeline
+from ..run.plan import RunPlan, plan_run
+from ..settings import Settings
+from ..sources.fred.client import new_session
+from ..staging import BatchManifest
 
 
 class AsyncioRunner:
     name = "asyncio"
+    slots = 4
+    task_overhead = 0.0
 
-    @property
-    def slots(self) -> int:
-        return 4
+    def execute(self, options: RunOptions, settings: Settings, progress: Progress) -> RunSummary:
+        return run_pipeline(DuckDBDestination(options.db).lock(),
+                            lambda: plan_run(options, settings, slots=self.slots, task_overhead=self.task_overhead),
+                            self.fan_out, progress)
 
-    def execute(self, request, progress: Progress):
-        from ..pipeline import plan_run, run_pipeline
-
-        return run_pipeline(request.db, lambda: plan_run(request, slots=self.slots), self.fan_out, progress)
-
-    def fan_out(self, plan, progress: Progress) -> list[BatchManifest]:
-        from ..pipeline import run_sync
-
+    def fan_out(self, plan: RunPlan, progress: Progress) -> list[BatchManifest]:
         return run_sync(lambda: self._run(plan.batches(), plan.job, progress))
 
     async def _run(self, batches: Iterator[Batch], job: RunJob, progress: Progress) -> list[BatchManifest]:
         settings = job.settings
-        staging = RunStaging(job.staging_root, job.run_id)
+        staging = job.staging()
         ctx = FetchContext.local(settings)
         manifests: list[BatchManifest] = []
         async with new_session(settings, settings.concurrency) as session:

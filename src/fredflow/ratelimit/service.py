@@ -4,7 +4,7 @@ A per-process limiter in each of N Dask workers lets N× the quota through, and
 a static split of the rate over tasks leaves most of it unused at the tail.
 Instead the run's flow process hosts a :class:`TokenService`: a tiny HTTP
 service (its own thread and event loop) that owns the run's single send
-schedule and the :class:`~fredflow.limiter.AimdPolicy` reacting to 429s. Every
+schedule and the :class:`~fredflow.ratelimit.policy.AimdPolicy` reacting to 429s. Every
 task talks to it through a :class:`RemoteLimiter`.
 
 Guarantees of the schedule (GCRA): slots are handed out ``1/rate`` apart, and
@@ -16,7 +16,7 @@ the last request of the run. A 429 reported by any task slows the whole
 schedule: to the rate the server was measured to admit over the last few
 seconds (its real limit, when a key's quota is shared or lower than
 configured), or by a plain AIMD cut until there is enough to measure;
-successes let it probe back up (see :mod:`fredflow.limiter`).
+successes let it probe back up (see :mod:`fredflow.ratelimit.policy`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import orjson
 from aiohttp import web
 from aiolimiter import AsyncLimiter
 
-from .limiter import AimdPolicy
+from .policy import AimdPolicy
 
 #: The schedule is never handed out more than this far ahead of "now", over
 #: all tasks together: slots granted before a 429 cut the rate (and that go on
@@ -88,7 +88,7 @@ class TokenService:
     (admitted slots, counting the ones not reported yet in the proportion of
     those that are): when we were sending faster than the server's real limit,
     that *is* the limit, and the policy sets the rate just to it instead of
-    cutting blindly (see :class:`~fredflow.limiter.AimdPolicy`). The new pace
+    cutting blindly (see :class:`~fredflow.ratelimit.policy.AimdPolicy`). The new pace
     starts after the slots already handed out, plus a short pause for the
     server's bucket to regain a token or two.
     """
@@ -323,7 +323,7 @@ _current_slot: contextvars.ContextVar[tuple[int, int] | None] = contextvars.Cont
 class RemoteLimiter:
     """A task's view of the run-wide schedule: leases send times from a :class:`TokenService`.
 
-    Same interface as :class:`~fredflow.limiter.AdaptiveLimiter`. Requests
+    Same interface as :class:`~fredflow.ratelimit.local.AdaptiveLimiter`. Requests
     waiting at the same moment share one lease. Each answer (admitted or 429) is
     reported by slot number with the next lease, so the service can measure what
     the server admitted; a 429 also drops the slots held locally from the same
@@ -349,7 +349,6 @@ class RemoteLimiter:
         self._dropped: list[int] = []
         self._smoother = AsyncLimiter(max(1, burst), max(1, burst) / rate)
         self._tolerance = max(0.005, 0.25 / rate)
-        self.stale_slots = 0
         self._last_slot: tuple[int, int] | None = None  # for a 429 reported outside the task that acquired
 
     async def _lease(self, n: int) -> None:
@@ -385,7 +384,6 @@ class RemoteLimiter:
                 _current_slot.set((slot, epoch))  # per asyncio task: the request about to be sent
                 self._last_slot = (slot, epoch)
                 return
-            self.stale_slots += 1
             self._dropped.append(slot)
 
     def throttled(self, retry_after: float | None = None) -> float:

@@ -36,10 +36,10 @@ from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
 
-from .batches import shift
+from ...options import Span
+from ...state import SeriesState
 from .catalog import Catalog
-from .fred import FredClient
-from .store import SeriesState
+from .client import FredClient
 
 log = logging.getLogger("fredflow")
 
@@ -109,7 +109,7 @@ async def current_watermark(catalog: Catalog, client: FredClient) -> datetime | 
 
 
 async def select_changed(catalog: Catalog, state: dict[str, SeriesState], client: FredClient,
-                         revision_window: tuple[int, str]) -> Selection:
+                         revision_window: Span) -> Selection:
     """Split the catalog into changed, recheck, new and unchanged series (see the module docstring)."""
     ids = catalog.series_ids
     known = [sid for sid in ids if sid in state]
@@ -133,11 +133,10 @@ async def select_changed(catalog: Catalog, state: dict[str, SeriesState], client
                 log.info("series/updates does not reach back far enough for %d series; re-fetching them",
                          len(unlisted))
         selection.metadata = pa.concat_tables(pages) if pages else None
-    count, unit = revision_window
     for sid in known:
         seen, now = state[sid].last_updated, latest.get(sid)
         last = state[sid].last_observation_date
-        start = shift(last, -count, unit) if last else None
+        start = revision_window.shift(last, -1) if last else None
         if sid in unlisted or (now is None and seen is None):
             selection.recheck.append(sid)
             selection.recheck_starts.append(start)

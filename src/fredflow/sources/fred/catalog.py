@@ -15,27 +15,36 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .errors import FatalRunError, FredError, UsageError
-from .fred import FredClient
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from ...errors import FatalRunError, FredError, UsageError
+from .client import FredClient
 from .parse import SERIES_SCHEMA
 
 _SPLIT = re.compile(r"[\s,]+")
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogSpec:
-    """Exactly one of the four sources must be set."""
+class CatalogSpec(BaseModel):
+    """Which series a run covers: exactly one of explicit ids, a file of ids, a release or a category."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     series: tuple[str, ...] | None = None
     series_file: Path | None = None
     release: int | None = None
     category: int | None = None
 
-    def __post_init__(self) -> None:
+    def __init__(self, series=None, series_file=None, release=None, category=None, **extra) -> None:  # noqa: ANN001
+        # positional use, as the dataclass it was: CatalogSpec(("GDP",))
+        super().__init__(series=series, series_file=series_file, release=release, category=category, **extra)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "CatalogSpec":
         given = [name for name in ("series", "series_file", "release", "category") if getattr(self, name) is not None]
         if len(given) != 1:
             flags = "--series, --series-file, --release or --category"
             raise UsageError(f"give exactly one of {flags}" + (f" (got {', '.join(given)})" if given else ""))
+        return self
 
     def describe(self) -> dict[str, object]:
         if self.series is not None:

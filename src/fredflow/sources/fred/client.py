@@ -1,9 +1,10 @@
 """Async FRED client: endpoints, paging, retries, error classes. No Prefect, no DuckDB.
 
 Where requests go (real FRED, the simulator) is configuration
-(``Settings.api_url``), not a code path. Every request:
+(``Settings.api_url``), not a code path; how they get there is a
+:mod:`~fredflow.sources.fred.transport` (aiohttp, or in-process for tests). Every request:
 
-1. waits on the run's :class:`~fredflow.limiter.AdaptiveLimiter` (rate and 429 back-off),
+1. waits on the run's limiter (:mod:`fredflow.ratelimit`: rate and 429 back-off),
 2. is sent with ``api_key`` and ``file_type=json``,
 3. is classified by :func:`classify` into success or one of the error types,
 4. is retried when transient (5xx, timeout, reset, truncated/invalid JSON) up to
@@ -27,7 +28,7 @@ import aiohttp
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import (
+from ...errors import (
     BadApiKey,
     BadRequest,
     CatalogNotFound,
@@ -36,7 +37,9 @@ from .errors import (
     SeriesNotFound,
     TransientError,
 )
-from .limiter import Limiter
+from ...ratelimit.local import Limiter
+from ...settings import Settings
+from .limits import LIST_PAGE_LIMIT, MAX_VINTAGE_DATES, VINTAGE_DATES_PAGE_LIMIT
 from .parse import (
     OBSERVATION_SCHEMA,
     VINTAGE_DATES_SCHEMA,
@@ -51,13 +54,9 @@ from .parse import (
     parse_vintage_observations,
     stitch_vintages,
 )
-from .settings import Settings
+from .transport import AiohttpTransport, Transport, new_session as _new_session
 
 T = TypeVar("T")
-
-LIST_PAGE_LIMIT = 1000  # FRED's maximum for release/category/updates listings
-VINTAGE_DATES_PAGE_LIMIT = 10_000  # FRED's maximum for series/vintagedates
-MAX_VINTAGE_DATES = 2000  # FRED refuses a real-time observations request spanning more vintage dates
 
 
 @dataclass
@@ -115,22 +114,26 @@ def classify(status: int, body: bytes, *, retry_after: str | None = None) -> Fre
 
 
 class FredClient:
-    """A narrow async API over one :class:`aiohttp.ClientSession`.
+    """A narrow async API over one :class:`~fredflow.sources.fred.transport.Transport`.
 
-    ``limiter`` paces requests and is shared by everything running on the same
-    event loop in this run; ``stats`` counts requests, retries and 429s.
+    ``transport`` is a transport, or an :class:`aiohttp.ClientSession` (wrapped in an
+    :class:`~fredflow.sources.fred.transport.AiohttpTransport`). ``limiter`` paces
+    requests and is shared by everything running on the same event loop in this
+    run; ``stats`` counts requests, retries and 429s.
     """
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: Transport | aiohttp.ClientSession,
         settings: Settings,
         limiter: Limiter,
         *,
         stats: RequestStats | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
-        self._session = session
+        if isinstance(transport, aiohttp.ClientSession):
+            transport = AiohttpTransport(transport, timeout=settings.timeout)
+        self._transport = transport
         self._settings = settings
         self._limiter = limiter
         self._sleep = sleep
@@ -144,20 +147,10 @@ class FredClient:
         query["file_type"] = "json"
         await self._limiter.acquire()
         self.stats.sent()
-        try:
-            async with self._session.get(f"{self._settings.base_url}/{endpoint}", params=query) as response:
-                body = await response.read()
-                if response.status == 200:
-                    return body
-                raise classify(response.status, body, retry_after=response.headers.get("Retry-After"))
-        except FredError:
-            raise
-        except asyncio.TimeoutError:
-            raise TransientError(f"timed out after {self._settings.timeout:g}s") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise TransientError(f"truncated response: {type(exc).__name__}") from None
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"connection error: {type(exc).__name__}: {_strip_url(exc)}") from None
+        response = await self._transport.get(f"{self._settings.base_url}/{endpoint}", query)
+        if response.status == 200:
+            return response.body
+        raise classify(response.status, response.body, retry_after=response.headers.get("Retry-After"))
 
     def _backoff(self, attempt: int) -> float:
         s = self._settings
@@ -352,19 +345,9 @@ def vintage_ranges(
     return list(zip(starts, ends))
 
 
-def _strip_url(exc: BaseException) -> str:
-    """aiohttp errors can embed the request URL, whose query holds the api key: drop it."""
-    text = str(exc)
-    return text.split("?", 1)[0] if "?" in text else text
-
-
 def new_session(settings: Settings, concurrency: int) -> aiohttp.ClientSession:
     """One session per batch (or per run in the asyncio runner), at most ``concurrency`` connections."""
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=settings.timeout),
-        connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300),
-        raise_for_status=False,
-    )
+    return _new_session(settings.timeout, concurrency)
 
 
 __all__ = ["FredClient", "RequestStats", "classify", "new_session"]

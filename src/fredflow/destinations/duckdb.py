@@ -1,6 +1,7 @@
-"""DuckDB: schema, the one-transaction merge, run records.
+"""The DuckDB destination: schema, run lock, per-series state, the one-transaction merge, run records.
 
-Guarantee of :func:`merge_run`: every staged file of a run, its series
+:class:`DuckDBDestination` owns the database file and its knobs (``memory_limit`` for the merge).
+Guarantee of :meth:`DuckDBDestination.merge`: every staged file of a run, its series
 metadata, its per-series state, its ``ingest_runs`` row and its
 ``ingest_failures`` rows become visible together in one transaction, or not at
 all. Observations are upserted on ``(series_id, date)`` (vintages on
@@ -20,9 +21,7 @@ and ``tests/test_incremental.py`` check ``count(*) = count(DISTINCT key)``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -30,9 +29,10 @@ from typing import Any, Iterable, Iterator
 
 import duckdb
 
-from .checkpoints import checkpoint
-from .errors import FatalRunError, StoreBusy
-from .stage import BatchManifest
+from ..errors import FatalRunError, StoreBusy
+from ..staging import BatchManifest, LockHeld, PidLock
+from ..state import SeriesState, StateUpdate
+from ..testing.failpoints import checkpoint
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -152,7 +152,7 @@ def connect(db_path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyC
 def run_lock(db_path: str | Path) -> Iterator[None]:
     """Hold the database's run lock for a whole run, from plan to the end of the merge.
 
-    The lock is an exclusive ``flock`` on ``<db>.lock`` beside the database
+    The lock is a :class:`~fredflow.staging.PidLock` on ``<db>.lock`` beside the database
     (the file holds the pid of the run that holds it, and stays after the run).
     A second run on the same database fails at once with :class:`StoreBusy`,
     before it fetches anything, instead of finding DuckDB locked at merge time.
@@ -161,28 +161,23 @@ def run_lock(db_path: str | Path) -> Iterator[None]:
     held by another program (a notebook, the duckdb CLI) fails the run now too.
     """
     db_path = Path(db_path)
-    lock_path = db_path.with_name(db_path.name + ".lock")
+    lock = PidLock(db_path.with_name(db_path.name + ".lock"))
     try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except LockHeld as held:
+        raise StoreBusy(
+            f"{db_path} is being written by another fredflow run" + (f" (pid {held.holder})" if held.holder else "")
+            + "; wait for it to finish and retry, or ingest into another --db"
+        ) from None
     except OSError as exc:
-        raise FatalRunError(f"cannot create the run lock {lock_path}: {exc.strerror or exc}") from None
+        raise FatalRunError(f"cannot create the run lock {lock.path}: {exc.strerror or exc}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise StoreBusy(
-                f"{db_path} is being written by another fredflow run" + (f" (pid {holder})" if holder else "")
-                + "; wait for it to finish and retry, or ingest into another --db"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         if db_path.exists():
             connect(db_path).close()
         yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -190,31 +185,6 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     for table, column, kind in (("ingest_runs", "n_catalog", "INTEGER"), ("ingest_runs", "n_unchanged", "INTEGER"),
                                 ("series_state", "checked_through", "TIMESTAMPTZ")):  # databases from before these
         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
-
-
-@dataclass(frozen=True, slots=True)
-class StateUpdate:
-    """What a merge writes to ``series_state`` besides the fetched series' own state.
-
-    ``checked_through``: the newest FRED ``last_updated`` visible when the run
-    was planned; every series the run fetched, or judged unchanged, is known to
-    reflect every update up to there. ``unchanged``: series judged unchanged
-    (only their ``checked_through`` moves). ``reset``: forget these series'
-    state first (``--reset-state``).
-    """
-
-    checked_through: datetime | None = None
-    unchanged: tuple[str, ...] = ()
-    reset: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesState:
-    """What the last successful fetch of a series left: the input of an incremental run."""
-
-    last_updated: datetime | None
-    last_observation_date: date | None
-    checked_through: datetime | None = None
 
 
 @contextlib.contextmanager
@@ -381,3 +351,44 @@ def recent_runs(db_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
         )
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, values)) for values in cursor.fetchall()]
+
+
+class DuckDBDestination:
+    """One DuckDB file as a run's destination: everything a run reads from it or writes to it.
+
+    ``memory_limit`` caps DuckDB during the merge: above it the upsert's hash join spills to
+    ``<db>.tmp`` instead of growing (re-merging 20M rows: 0.57 GiB peak at 512MB, 1.57 GiB uncapped;
+    ``benchmarks/merge_strategies.py``).
+    """
+
+    __slots__ = ("path", "memory_limit")
+
+    def __init__(self, path: str | Path, *, memory_limit: str | None = "512MB") -> None:
+        self.path = Path(path).absolute()
+        self.memory_limit = memory_limit
+
+    def __repr__(self) -> str:
+        return f"DuckDBDestination({str(self.path)!r})"
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The run lock (see :func:`run_lock`)."""
+        return run_lock(self.path)
+
+    def read_state(self) -> dict[str, SeriesState]:
+        return read_state(self.path)
+
+    def newest_run_start(self) -> datetime | None:
+        return newest_run_start(self.path)
+
+    def committed_run_ids(self) -> set[str]:
+        return committed_run_ids(self.path)
+
+    def recent_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return recent_runs(self.path, limit)
+
+    def merge(self, record: RunRecord, manifests: Iterable[BatchManifest], catalog_files: Iterable[str] = (), *,
+              state: StateUpdate | None = StateUpdate(),
+              vintage_range: tuple[date | None, date | None] = (None, None)) -> None:
+        """Every staged file of a run and its record, in ONE transaction (see :func:`merge_run`)."""
+        merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
+                  memory_limit=self.memory_limit)

@@ -1,9 +1,9 @@
 """The generator that splits a catalog into batches, and how big a batch should be.
 
 A batch is the unit every runner schedules: one asyncio task group, one Prefect
-mapped task. Its size trades per-task overhead (≈25 ms per mapped task on
-Prefect's thread pool, ≈65 ms on Dask, measured here) against keeping every
-worker busy until the end of the run.
+mapped task. Its size trades per-task overhead (each runner states its own:
+≈25 ms per mapped task on Prefect's thread pool, ≈65 ms on Dask, measured here)
+against keeping every worker busy until the end of the run.
 """
 
 from __future__ import annotations
@@ -11,15 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-from .errors import UsageError
-
-#: Per-task scheduling overhead in seconds, by runner (measured on this project's 2-core machine).
-TASK_OVERHEAD_SECONDS = {"asyncio": 0.0, "thread": 0.025, "dask": 0.065}
+from ..options import Span
 
 MAX_BATCH_SIZE = 500
 EXPECTED_MAX_THROUGHPUT = 300.0  # requests/s one run sustains when the rate is not the limit
@@ -69,15 +65,6 @@ class Batch:
             "realtime_end": iso_or_none(self.realtime_end),
         }
 
-    @classmethod
-    def from_dict(cls, doc: dict) -> "Batch":
-        return cls(
-            index=doc["index"], series_ids=tuple(doc["series_ids"]), start=date_or_none(doc["start"]),
-            end=date_or_none(doc["end"]), fetch_metadata=doc["fetch_metadata"],
-            starts=tuple(date_or_none(d) for d in doc["starts"]) if doc.get("starts") is not None else None,
-            vintages=doc.get("vintages", False), realtime_start=date_or_none(doc.get("realtime_start")),
-            realtime_end=date_or_none(doc.get("realtime_end")),
-        )
 
 
 def iso_or_none(day: date | None) -> str | None:
@@ -140,59 +127,29 @@ def _reaches(span: tuple[date | None, date | None] | None, window_start: date | 
     return (first is None or first <= window_end) and (last is None or window_start is None or last >= window_start)
 
 
-_SPAN = re.compile(r"^\s*(\d+)\s*([ymwd])\s*$", re.IGNORECASE)
-
-
-def parse_span(text: str, flag: str = "--window") -> tuple[int, str]:
-    """``"10y"`` → ``(10, "y")``; units y(ears), m(onths), w(eeks), d(ays)."""
-    match = _SPAN.match(text or "")
-    if not match or int(match.group(1)) < 1:
-        raise UsageError(f"{flag} {text!r}: use a whole number and a unit, e.g. 10y, 18m, 6w or 90d")
-    return int(match.group(1)), match.group(2).lower()
-
-
-def shift(day: date, count: int, unit: str) -> date:
-    """``day`` moved by ``count`` units (negative: back); month ends clamp (Mar 31 - 1m = Feb 28/29)."""
-    if unit == "d":
-        return day + timedelta(days=count)
-    if unit == "w":
-        return day + timedelta(weeks=count)
-    months = count * (12 if unit == "y" else 1)
-    year, month = divmod(day.year * 12 + day.month - 1 + months, 12)
-    month += 1
-    for clamp in (day.day, 30, 29, 28):
-        try:
-            return date(year, month, min(day.day, clamp))
-        except ValueError:
-            continue
-    raise AssertionError("unreachable")
-
-
-def windows(start: date, end: date, span: str | int) -> list[tuple[date, date]]:
+def windows(start: date, end: date, span: Span | str | int) -> list[tuple[date, date]]:
     """``[start, end]`` cut into consecutive, non-overlapping windows of ``span`` (``"10y"``, or years as an int).
 
     Every day of ``[start, end]`` is in exactly one window; the last one may be shorter.
     """
-    count, unit = (span, "y") if isinstance(span, int) else parse_span(span)
-    if count < 1:
-        raise UsageError("window must be at least 1 year")
+    span = Span.parse(span)
     out = []
     cursor = start
     while cursor <= end:
-        window_end = min(end, shift(cursor, count, unit) - timedelta(days=1))
+        window_end = min(end, span.shift(cursor) - timedelta(days=1))
         out.append((cursor, window_end))
         cursor = window_end + timedelta(days=1)
     return out
 
 
-def auto_batch_size(n_series: int, *, slots: int, rate: float, runner: str = "asyncio",
+def auto_batch_size(n_series: int, *, slots: int, rate: float, task_overhead: float = 0.0,
                     requests_per_series: float = 1.0) -> int:
     """Batch size that makes a task's work dwarf its overhead and still feeds every slot to the end.
 
     * Work of a batch of ``b`` series when the run is rate-bound: each of the
       ``slots`` concurrent tasks gets ``rate / slots`` requests/s, so the batch
       takes ``b · requests_per_series · slots / rate`` seconds. Asking that to be
-      ≥ 20 × the runner's per-task overhead gives the lower bound.
+      ≥ 20 × the runner's per-task overhead (``task_overhead``, seconds) gives the lower bound.
     * Up to 4 batches per slot keep every worker busy through the tail.
     The overhead bound wins when the two disagree, except that there are never
     fewer batches than slots (an idle worker costs more than the overhead).
@@ -204,7 +161,7 @@ def auto_batch_size(n_series: int, *, slots: int, rate: float, runner: str = "as
     # Unthrottled runs are bound by latency and parsing, not by ``rate``: a few
     # hundred series/s is what this machine sustains, so cap the estimate there.
     rate = min(rate, EXPECTED_MAX_THROUGHPUT)
-    overhead = TASK_OVERHEAD_SECONDS.get(runner, 0.0)
+    overhead = task_overhead
     min_size = math.ceil(20 * overhead * rate / (slots * max(requests_per_series, 1e-9))) if overhead else 1
     tail_size = math.ceil(n_series / (4 * slots))
     size = min(max(min_size, tail_size), math.ceil(n_series / slots))

@@ -1,0 +1,113 @@
+"""How a :class:`~fredflow.sources.fred.client.FredClient` reaches FRED: one GET, one :class:`Response`.
+
+* :class:`AiohttpTransport` (the default): an :class:`aiohttp.ClientSession`. Network failures
+  (timeouts, resets, cut bodies) become :class:`~fredflow.errors.TransientError` here, with the
+  request URL (which holds the api key) stripped from their text.
+* :class:`HandlerTransport`: answers from a plain function ``(endpoint, query) -> (status, body)``,
+  in this process: the simulator's pure request handler (``FredSimulator.answer``). Tests of
+  retries, paging, error classes and vintage stitching run on it with no server, port or timing;
+  ``faults`` injects failures ahead of answers.
+
+Like httpx's transports: the client decides what a request means, the transport only carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+import aiohttp
+
+from ...errors import TransientError
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    async def get(self, url: str, params: Mapping[str, str]) -> Response: ...
+
+    async def aclose(self) -> None: ...
+
+
+def strip_url(exc: BaseException) -> str:
+    """aiohttp errors can embed the request URL, whose query holds the api key: drop it."""
+    text = str(exc)
+    return text.split("?", 1)[0] if "?" in text else text
+
+
+class AiohttpTransport:
+    """GETs through one :class:`aiohttp.ClientSession` (owned when built by :meth:`open`)."""
+
+    __slots__ = ("session", "_owned", "_timeout")
+
+    def __init__(self, session: aiohttp.ClientSession, *, owned: bool = False, timeout: float | None = None) -> None:
+        self.session = session
+        self._owned = owned
+        self._timeout = timeout
+
+    @classmethod
+    def open(cls, timeout: float, concurrency: int) -> "AiohttpTransport":
+        return cls(new_session(timeout, concurrency), owned=True, timeout=timeout)
+
+    async def get(self, url: str, params: Mapping[str, str]) -> Response:
+        try:
+            async with self.session.get(url, params=dict(params)) as response:
+                body = await response.read()
+                return Response(response.status, body, response.headers)
+        except asyncio.TimeoutError:
+            seconds = self._timeout or self.session.timeout.total
+            raise TransientError(f"timed out after {seconds:g}s") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise TransientError(f"truncated response: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"connection error: {type(exc).__name__}: {strip_url(exc)}") from None
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self.session.close()
+
+
+class HandlerTransport:
+    """Answers in-process from ``handler(endpoint, query) -> (status, body)``; ``endpoint`` is the URL path
+    after the base URL (``series/observations``). ``faults`` (optional) are consumed one per request before
+    the handler is asked: ``None`` passes, an exception is raised, a :class:`Response` is returned as is."""
+
+    def __init__(self, handler: Callable[[str, Mapping[str, str]], tuple[int, bytes]], *,
+                 faults: Iterable[BaseException | Response | None] = ()) -> None:
+        self._handler = handler
+        self._faults = list(faults)
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+    async def get(self, url: str, params: Mapping[str, str]) -> Response:
+        endpoint = url.split("/fred/", 1)[-1] if "/fred/" in url else url.rsplit("/", 1)[-1]
+        self.requests.append((endpoint, dict(params)))
+        await asyncio.sleep(0)  # a real await point, as on the network
+        if self._faults:
+            fault = self._faults.pop(0)
+            if isinstance(fault, BaseException):
+                raise fault
+            if isinstance(fault, Response):
+                return fault
+        status, body = self._handler(endpoint, params)
+        return Response(status, body, {"Content-Type": "application/json"})
+
+    async def aclose(self) -> None:
+        pass
+
+
+def new_session(timeout: float, concurrency: int) -> aiohttp.ClientSession:
+    """An aiohttp session with at most ``concurrency`` connections and a total ``timeout`` per request."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300),
+        raise_for_status=False,
+    )
+
+
+__all__: list[Any] = ["AiohttpTransport", "HandlerTransport", "Response", "Transport", "new_session", "strip_url"]
