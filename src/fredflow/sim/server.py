@@ -1268,9 +1268,10 @@ def _reset_connection(request: web.Request) -> None:
 SIMULATOR_KEY = web.AppKey("fredflow_simulator", FredSimulator)
 
 
-def build_app(config: SimConfig) -> web.Application:
-    """The simulator as an aiohttp application (state in ``app[SIMULATOR_KEY]``)."""
-    sim = FredSimulator(config)
+def build_app(config: SimConfig, **clocks: Callable[[], float]) -> web.Application:
+    """The simulator as an aiohttp application (state in ``app[SIMULATOR_KEY]``);
+    ``clocks``: ``monotonic``/``wall`` for :class:`FredSimulator` (tests)."""
+    sim = FredSimulator(config, **clocks)
     app = web.Application()
     app[SIMULATOR_KEY] = sim
     app.router.add_get("/fred/{endpoint:.+}", sim.handle_fred)
