@@ -589,8 +589,14 @@ class FredSimulator:
 
     def _realtime_period(self, query: Mapping[str, str], default_start: str | None = None,
                          default_end: str | None = None) -> tuple[str, str]:
-        """``(realtime_start, realtime_end)``, FRED's bounds checked (defaults: today)."""
+        """``(realtime_start, realtime_end)``, FRED's bounds checked.
+
+        Defaults (unless given): today for both when neither is set; else
+        1776-07-04 and 9999-12-31 (as recorded: ``realtime_start=1776-07-04``
+        alone answers ``"realtime_end":"9999-12-31"``)."""
         today = self.realtime
+        if "realtime_start" in query or "realtime_end" in query:
+            default_start, default_end = default_start or REALTIME_START_MIN, default_end or REALTIME_END_MAX
         realtime_start = _date_param(query, "realtime_start", default_start or today)
         realtime_end = _date_param(query, "realtime_end", default_end or today)
         if realtime_start < REALTIME_START_MIN:
