@@ -966,45 +966,44 @@ class FredSimulator:
         if cached is not None and cached[0] is self.catalog:
             return cached[1]
         order = [(stamp.timestamp(), sid, False) for stamp, sid in self.catalog._updates_order]
-        order += [(ts, sid, regional) for ts, sid, regional, _ in self._background]
+        order += [(ts, sid, regional) for sid, (ts, _, _, regional) in self._background.items()]
         order.sort(key=lambda item: (-item[0], item[1]))
         self.__dict__["_updates_cache"] = (self.catalog, order)
         return order
 
     @property
-    def _background(self) -> list[tuple[float, str, bool, dict[str, Any]]]:
-        """Series outside the catalog updated in the last 14 days (``background_updates`` a day)."""
+    def _background(self) -> dict[str, tuple[float, date, int, bool]]:
+        """Series outside the catalog updated in the last 14 days (``background_updates`` a day):
+        id -> (timestamp, day, second after 07:30 US Central, regional)."""
         cached = self.__dict__.get("_background_cache")
         if cached is not None and cached[0] is self.catalog:
             return cached[1]
-        out = []
+        out: dict[str, tuple[float, date, int, bool]] = {}
         per_day = self.config.background_updates
         today = self.catalog.today
         for back in range(14 if per_day else 0):
             day = today - timedelta(days=back)
             number = (day - _EPOCH).days
             rng = np.random.default_rng([self.config.seed, number, 2**32 + 9])
-            seconds = rng.integers(0, 3600, per_day)
-            regional = rng.random(per_day) < 0.8
+            seconds = rng.integers(0, 3600, per_day).tolist()
+            regional = (rng.random(per_day) < 0.8).tolist()
+            offset = timezone(timedelta(hours=int(_central_offset(day))))
+            base = datetime(day.year, day.month, day.day, 7, 30, tzinfo=offset).timestamp()
             for j in range(per_day):
-                sid = f"SIMB{number % 100000:05d}{j:06d}"
-                stamp = _stamp(day, int(seconds[j]))
-                ts = datetime.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S").replace(
-                    tzinfo=timezone(timedelta(hours=int(stamp[19:])))).timestamp()
-                out.append((ts, sid, bool(regional[j]), {"day": day, "stamp": stamp, "regional": bool(regional[j])}))
+                out[f"SIMB{number % 100000:05d}{j:06d}"] = (base + seconds[j], day, seconds[j], regional[j])
         self.__dict__["_background_cache"] = (self.catalog, out)
         return out
 
-    def _background_meta(self, sid: str, info: dict[str, Any]) -> dict[str, Any]:
-        day: date = info["day"]
-        where = "in a simulated county" if info["regional"] else "in the United States"
+    def _background_meta(self, sid: str) -> dict[str, Any]:
+        _, day, second, regional = self._background[sid]
+        where = "in a simulated county" if regional else "in the United States"
         return {
             "id": sid, "realtime_start": self.realtime, "realtime_end": self.realtime,
             "title": f"Simulated Background Series {sid[4:]} {where}",
             "observation_start": "2000-01-01", "observation_end": (day - timedelta(days=1)).isoformat(),
             "frequency": "Daily", "frequency_short": "D", "units": "Percent", "units_short": "%",
             "seasonal_adjustment": "Not Seasonally Adjusted", "seasonal_adjustment_short": "NSA",
-            "last_updated": info["stamp"], "popularity": 1,
+            "last_updated": _stamp(day, second), "popularity": 1,
         }
 
     def _updates(self, query: Mapping[str, str], file_type: str) -> bytes:
@@ -1022,19 +1021,24 @@ class FredSimulator:
         limit, offset = _paging(query, LISTING_MAX_LIMIT)
 
         def render() -> bytes:
-            lo = -np.inf if start_time is None else start_time.timestamp()
-            hi = np.inf if end_time is None else (end_time + timedelta(minutes=1)).timestamp()
-            listed = [
-                (sid, regional) for ts, sid, regional in self._updates_order
-                if lo <= ts < hi and (filter_value == "all" or regional == (filter_value == "regional"))
-            ]
+            listed = self._sorted.get(("updates", filter_value, raw_start, raw_end))
+            if listed is None:
+                lo = -np.inf if start_time is None else start_time.timestamp()
+                hi = np.inf if end_time is None else (end_time + timedelta(minutes=1)).timestamp()
+                listed = [
+                    sid for ts, sid, regional in self._updates_order
+                    if lo <= ts < hi and (filter_value == "all" or regional == (filter_value == "regional"))
+                ]
+                self._sorted[("updates", filter_value, raw_start, raw_end)] = listed
+                while len(self._sorted) > 32:
+                    self._sorted.popitem(last=False)
             envelope = {"realtime_start": realtime_start, "realtime_end": realtime_end,
                         "filter_variable": "geography", "filter_value": filter_value, "order_by": "last_updated",
                         "sort_order": "desc", "count": len(listed), "offset": offset, "limit": limit}
-            background = {sid: info for _, sid, _, info in self._background} if self.config.background_updates else {}
+            background = self._background
             items = []
-            for sid, _ in listed[offset : offset + limit]:
-                meta = self._background_meta(sid, background[sid]) if sid in background else self.catalog.meta(sid)
+            for sid in listed[offset : offset + limit]:
+                meta = self._background_meta(sid) if sid in background else self.catalog.meta(sid)
                 if (realtime_start, realtime_end) != (self.realtime, self.realtime):
                     meta["realtime_start"], meta["realtime_end"] = realtime_start, realtime_end
                 items.append(meta)
