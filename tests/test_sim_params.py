@@ -387,3 +387,30 @@ def test_background_updates() -> None:
     assert 0 < window["count"] < everything["count"]
     assert all(s["last_updated"].startswith(TODAY) for s in window["seriess"])
     assert ok_json(FredSimulator(SimConfig(n_series=30, seed=2)), "series/updates")["count"] == 30  # default: none
+
+
+# --------------------------------------------------------- shapes of real samples
+
+
+def test_search_and_listings_have_the_key_order_of_real_fred_samples(fred: FredSimulator) -> None:
+    import json
+
+    from conftest import SAMPLES
+
+    def sample(fragment: str) -> dict[str, Any]:
+        (path,) = [p for p in SAMPLES.glob("*.json") if fragment in p.name]
+        return json.loads(path.read_text())
+
+    cases = [
+        ("search_series_json__i0", "series/search", {"search_text": "rate"}),
+        ("get_release_series__i0", "release/series", {"release_id": 1}),
+        ("get_category_series__i0", "category/series", {"category_id": 100}),
+        ("get_series_updates__i0", "series/updates", {}),
+    ]
+    for fragment, endpoint, params in cases:
+        real, ours = sample(fragment), ok_json(fred, endpoint, **params)
+        assert list(ours) == list(real), endpoint
+        real_keys = {tuple(e) for e in real["seriess"] if "notes" in e}
+        assert {tuple(e) for e in ours["seriess"] if "notes" in e} == real_keys, endpoint
+        if endpoint == "series/search":
+            assert (ours["order_by"], ours["sort_order"]) == (real["order_by"], real["sort_order"])
