@@ -389,6 +389,18 @@ def test_background_updates() -> None:
     assert ok_json(FredSimulator(SimConfig(n_series=30, seed=2)), "series/updates")["count"] == 30  # default: none
 
 
+def test_updates_days_keeps_recent_updates_only() -> None:
+    config = SimConfig(n_series=80, seed=2, updates_days=14, background_updates=10)
+    sim = FredSimulator(config)
+    first = (sim.catalog.today - timedelta(days=13)).isoformat()
+    doc = ok_json(sim, "series/updates")
+    assert doc["count"] == len(doc["seriess"]) and all(s["last_updated"][:10] >= first for s in doc["seriess"])
+    recent = [s for s in sim.catalog.updated_ids() if sim.catalog.meta(s)["last_updated"][:10] >= first]
+    assert [s["id"] for s in doc["seriess"] if s["id"].startswith("SIM0")] == recent
+    assert len(recent) < 80  # older (monthly, quarterly...) series have dropped out
+    assert parse_args(config_to_argv(config))[0] == config
+
+
 # --------------------------------------------------------- shapes of real samples
 
 

@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who a rate limit applies to (default: each api key)")
     p.add_argument("--background-updates", type=int, metavar="N", default=_DEFAULTS.background_updates,
                    help="series outside the catalog updated per day, listed by series/updates (default 0)")
+    p.add_argument("--updates-days", type=int, metavar="N", default=None,
+                   help="series/updates keeps the last N days only (FRED: about 14; default all)")
     return p
 
 
@@ -128,6 +130,8 @@ def config_to_argv(config: SimConfig) -> list[str]:
     ]
     if config.keys is not None:
         argv += ["--registered-keys", ",".join(config.keys)]
+    if config.updates_days is not None:
+        argv += ["--updates-days", str(config.updates_days)]
     if config.per_minute is not None:
         argv += ["--per-minute", str(config.per_minute)]
     if config.changes:

@@ -246,6 +246,8 @@ class SimConfig:
     series/observations request may span (FRED: 2000).
     ``background_updates`` series outside the served catalog are updated
     each day (listed by series/updates only; FRED: thousands).
+    ``updates_days`` (``None``: all) keeps only the updates of the last N
+    days (today included) in series/updates, as FRED keeps about two weeks.
     """
 
     n_series: int = 500
@@ -270,6 +272,7 @@ class SimConfig:
     rate_window: float = 60.0
     rate_scope: str = "key"
     background_updates: int = 0
+    updates_days: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fault_kinds", tuple(self.fault_kinds))
@@ -297,6 +300,8 @@ class SimConfig:
             raise ValueError("rate_window must be > 0")
         if self.rate_scope not in RATE_LIMIT_SCOPES:
             raise ValueError(f"rate_scope must be one of {RATE_LIMIT_SCOPES}")
+        if self.updates_days is not None and self.updates_days < 1:
+            raise ValueError("updates_days must be >= 1")
         if not 0 <= self.background_updates <= 1_000_000:
             raise ValueError("background_updates must be in 0..1000000")
         if self.latency < 0 or self.hang_seconds < 0:
@@ -967,6 +972,11 @@ class FredSimulator:
             return cached[1]
         order = [(stamp.timestamp(), sid, False) for stamp, sid in self.catalog._updates_order]
         order += [(ts, sid, regional) for sid, (ts, _, _, regional) in self._background.items()]
+        if self.config.updates_days is not None:
+            first = self.catalog.today - timedelta(days=self.config.updates_days - 1)
+            offset = timezone(timedelta(hours=int(_central_offset(first))))
+            oldest = datetime(first.year, first.month, first.day, tzinfo=offset).timestamp()
+            order = [item for item in order if item[0] >= oldest]
         order.sort(key=lambda item: (-item[0], item[1]))
         self.__dict__["_updates_cache"] = (self.catalog, order)
         return order
