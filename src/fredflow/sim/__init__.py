@@ -1,7 +1,9 @@
 """Embedded FRED-compatible simulator: deterministic data, FRED-exact responses.
 
 - :class:`SimCatalog` -- the data (source of truth), :mod:`fredflow.sim.catalog`;
-- :class:`SimConfig`, :func:`build_app`, :func:`run` -- the aiohttp server;
+- :class:`SimConfig`, :func:`build_app`, :func:`run` -- the aiohttp server (JSON and
+  FRED's default XML, :mod:`fredflow.sim.render`; rate limits, :mod:`fredflow.sim.ratelimit`;
+  releases, categories, tags and search, :mod:`fredflow.sim.reference`);
 - :class:`SimProcess` -- the server as a subprocess, for tests and benchmarks;
 - :func:`main` -- ``python -m fredflow.sim`` / ``fredflow sim`` command line.
 """
@@ -10,6 +12,7 @@ from fredflow.sim.catalog import DEFAULT_TODAY, SimCatalog
 from fredflow.sim.cli import main
 from fredflow.sim.process import SimProcess
 from fredflow.sim.server import (
+    ALL_FAULT_KINDS,
     DEMO_API_KEY,
     FAULT_KINDS,
     UNREGISTERED_KEY,
@@ -19,6 +22,7 @@ from fredflow.sim.server import (
 )
 
 __all__ = [
+    "ALL_FAULT_KINDS",
     "DEFAULT_TODAY",
     "DEMO_API_KEY",
     "FAULT_KINDS",

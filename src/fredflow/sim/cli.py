@@ -11,7 +11,8 @@ import argparse
 from collections.abc import Sequence
 from datetime import date
 
-from fredflow.sim.server import FAULT_KINDS, SimConfig, run
+from fredflow.sim.ratelimit import RATE_LIMIT_SCOPES
+from fredflow.sim.server import ALL_FAULT_KINDS, FAULT_KINDS, SimConfig, load_keys, run
 
 __all__ = ["build_parser", "config_to_argv", "main", "parse_args"]
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-rate", type=float, metavar="F", default=_DEFAULTS.fault_rate, help="fraction of faulty requests")
     p.add_argument(
         "--fault-kinds", type=_kinds, metavar="K,K", default=_DEFAULTS.fault_kinds,
-        help=f"comma-separated subset of {','.join(FAULT_KINDS)} (default all)",
+        help=f"comma-separated subset of {','.join(ALL_FAULT_KINDS)} (default {','.join(FAULT_KINDS)})",
     )
     p.add_argument("--hang-seconds", type=float, metavar="S", default=_DEFAULTS.hang_seconds, help="duration of a hang fault")
     p.add_argument("--max-limit", type=int, metavar="N", default=_DEFAULTS.max_limit, help="max page size of observations")
@@ -67,6 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-vintage-dates", type=int, metavar="N", default=_DEFAULTS.max_vintage_dates,
         help="max vintage dates per real-time observations request (default 2000, as FRED)",
     )
+    p.add_argument(
+        "--keys", dest="keys_file", metavar="FILE", default=None,
+        help="registry of api keys, one a line (# comments): only these and the demo key are registered",
+    )
+    p.add_argument(
+        "--registered-keys", type=_kinds, metavar="KEY,KEY", default=None,
+        help="comma-separated registered api keys (as --keys; both may be given)",
+    )
+    p.add_argument(
+        "--per-minute", type=int, nargs="?", const=120, metavar="N", default=None,
+        help="FRED's per-key window: N requests per minute with x-rate-limit-* headers (N default 120; default off)",
+    )
+    p.add_argument("--rate-window", type=float, metavar="S", default=_DEFAULTS.rate_window,
+                   help="length of the --per-minute window in seconds (default 60)")
+    p.add_argument("--rate-scope", choices=RATE_LIMIT_SCOPES, default=_DEFAULTS.rate_scope,
+                   help="who a rate limit applies to (default: each api key)")
+    p.add_argument("--background-updates", type=int, metavar="N", default=_DEFAULTS.background_updates,
+                   help="series outside the catalog updated per day, listed by series/updates (default 0)")
+    p.add_argument("--updates-days", type=int, metavar="N", default=None,
+                   help="series/updates keeps the last N days only (FRED: about 14; default all)")
     return p
 
 
@@ -75,6 +96,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[SimConfig, str, int]:
     parser = build_parser()
     ns = vars(parser.parse_args(argv))
     host, port = ns.pop("host"), ns.pop("port")
+    keys_file, listed = ns.pop("keys_file"), ns.pop("registered_keys")
+    if keys_file is not None or listed is not None:
+        try:
+            ns["keys"] = (*(load_keys(keys_file) if keys_file else ()), *(listed or ()))
+        except OSError as exc:
+            parser.error(f"--keys: {exc}")
     try:
         return SimConfig(**ns), host, port
     except ValueError as exc:
@@ -97,7 +124,16 @@ def config_to_argv(config: SimConfig) -> list[str]:
         "--unregistered-keys", ",".join(config.unregistered_keys),
         "--cache-mb", repr(config.cache_mb),
         "--max-vintage-dates", str(config.max_vintage_dates),
+        "--rate-window", repr(config.rate_window),
+        "--rate-scope", config.rate_scope,
+        "--background-updates", str(config.background_updates),
     ]
+    if config.keys is not None:
+        argv += ["--registered-keys", ",".join(config.keys)]
+    if config.updates_days is not None:
+        argv += ["--updates-days", str(config.updates_days)]
+    if config.per_minute is not None:
+        argv += ["--per-minute", str(config.per_minute)]
     if config.changes:
         argv += ["--changes", ",".join(str(k) for k in config.changes)]
     if config.obs_per_series is not None:
