@@ -12,7 +12,8 @@ setup:  ## install uv if missing, then the locked environment (.venv)
 demo: setup  ## simulator + ingest a few hundred series into data/demo.duckdb
 	$(UV) run --frozen python -m fredflow.demo
 
-test: setup  ## the whole test suite
+test: setup  ## the lock file in step with pyproject.toml, then the whole test suite
+	@$(UV) lock --check
 	$(UV) run --frozen pytest
 
 bench: setup  ## runner benchmark against the simulator (see benchmarks/README.md)
