@@ -57,6 +57,7 @@ import pyarrow.compute as pc
 from aiohttp import web
 
 from fredflow.sim.catalog import DEFAULT_TODAY, SimCatalog, _central_offset
+from fredflow.sim import transforms
 
 __all__ = [
     "DEMO_API_KEY",
@@ -510,6 +511,10 @@ class FredSimulator:
         sort_order = query.get("sort_order", "asc")
         if sort_order not in ("asc", "desc"):
             raise FredError(400, MSG_SORT_ORDER)
+        if transforms.requested(query):  # units, frequency, aggregation_method: sim/transforms.py
+            body = transforms.observations_body(self, query, series_id, start, end, limit, offset, sort_order)
+            if body is not None:
+                return body
         if "realtime_start" in query or "realtime_end" in query:
             return self._vintage_observations(query, series_id, start, end, limit, offset, sort_order)
         key = ("obs", series_id, start, end, limit, offset, sort_order)
