@@ -14,6 +14,7 @@ from .errors import (
 )
 from .pipeline import RunSummary, ingest
 from .settings import Settings
+from .warehouse import Warehouse
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,5 @@ __all__ = [
     "ingest", "RunSummary", "CatalogSpec", "Settings",
     "FredflowError", "UsageError", "FatalRunError", "FredError", "BadApiKey", "BadRequest",
     "CatalogNotFound", "RateLimited", "SeriesNotFound", "StoreBusy", "TransientError",
+    "Warehouse",
 ]
