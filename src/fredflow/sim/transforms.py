@@ -36,8 +36,11 @@ Semantics (FRED's API documentation for ``fred/series/observations`` and its
 - **Window after the transform**: everything is computed on the whole history,
   then ``observation_start``/``observation_end`` keep the output dates in range
   (*choice*).
-- Values are rendered in full precision (shortest round-trip decimal, no
-  exponent); FRED rounds transformed values.
+- A period's ``avg``/``sum`` is rounded to 10 decimals (*choice*: removes the
+  binary noise of a mean, e.g. 1e-17 for 0, that a following ``pch`` or ``log``
+  would blow up).  Values are otherwise rendered in full precision (shortest
+  round-trip decimal, Python's ``repr``: an exponent for |x| >= 1e16 or
+  < 1e-4); FRED rounds transformed values.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "AGGREGATE_DECIMALS",
     "AGGREGATIONS",
     "FREQUENCIES",
     "UNITS",
@@ -67,6 +71,7 @@ FREQUENCIES = ("d", "w", "bw", "m", "q", "sa", "a", "wef", "weth", "wew", "wetu"
                "bwew", "bwem")
 AGGREGATIONS = ("avg", "sum", "eop")
 PARAMETERS = ("units", "frequency", "aggregation_method")
+AGGREGATE_DECIMALS = 10
 
 # Ordering of frequencies: 0 daily ... 6 annual.
 _LEVEL = {"d": 0, "w": 1, "bw": 2, "m": 3, "q": 4, "sa": 5, "a": 6,
@@ -162,7 +167,9 @@ def aggregate(days: np.ndarray, values: np.ndarray, frequency: str, method: str)
     else:
         sums = np.add.reduceat(np.where(available, values, 0.0), starts)
         out = sums / np.maximum(counts, 1) if method == "avg" else sums
-        out = np.where(counts > 0, out, np.nan)
+        # rounded to 10 decimals: a mean or sum of values with a few decimals carries binary noise
+        # (1e-17 instead of 0) that a following pch/log would blow up
+        out = np.where(counts > 0, np.round(out, AGGREGATE_DECIMALS), np.nan)
     return labels[starts], out
 
 
@@ -212,7 +219,11 @@ def transform(days: np.ndarray, values: np.ndarray, native_short: str, spec: Tra
 
 
 def _text(value: float) -> str:
-    return "." if np.isnan(value) else np.format_float_positional(value, trim="-")
+    """Shortest round-trip decimal ("46851", "87.47666666666667"); "." for missing."""
+    if value != value:
+        return "."
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def observations_body(sim, query: Mapping[str, str], series_id: str, start: str, end: str, limit: int,
@@ -261,7 +272,7 @@ def observations_body(sim, query: Mapping[str, str], series_id: str, start: str,
         header = _observations_header(realtime_start, realtime_end, start, end, 1, sort_order, count, offset, limit)
         header = header.replace(b'"units":"lin"', b'"units":"' + spec.units.encode() + b'"', 1)
         prefix = f'{{"realtime_start":"{realtime_start}","realtime_end":"{realtime_end}","date":"'
-        rows = ",".join(f'{prefix}{d}","value":"{_text(v)}"}}' for d, v in zip(dates, out_values[keep]))
+        rows = ",".join(f'{prefix}{d}","value":"{_text(v)}"}}' for d, v in zip(dates.tolist(), out_values[keep].tolist()))
         return header[:-1] + b',"observations":[' + rows.encode() + b"]}"
 
     key = ("transform", series_id, start, end, realtime_start if vintage else None, spec, limit, offset, sort_order)

@@ -6,6 +6,8 @@ independently in numpy (:mod:`fredflow.sim.transforms`) and the tests compare th
 - frequency first (only to the native frequency or lower; the native one means no aggregation,
   except the weekly/biweekly *ending-day* variants, which re-bucket), then units;
 - a period's value is the mean / sum / last of its *available* values; all missing -> missing;
+  a mean or sum is rounded to 10 decimals (binary noise such as 1e-17 for 0 would blow up a
+  following pch or log);
 - units by position, ``n`` = observations per year of the resulting frequency (FRED's table:
   daily 260, weekly 52, biweekly 26, monthly 12, quarterly 4, semiannual 2, annual 1); a missing
   input or a non-finite result (log of x <= 0, ratio to 0) is missing;
@@ -43,8 +45,8 @@ _UNIT_SQL = {
     "log": "CASE WHEN value > 0 THEN ln(value) END",
 }
 _AGG_SQL = {
-    "avg": "avg(value)",
-    "sum": "sum(value)",
+    "avg": "round(avg(value), 10)",
+    "sum": "round(sum(value), 10)",
     "eop": "arg_max(value, obs_date) FILTER (WHERE value IS NOT NULL)",
 }
 
