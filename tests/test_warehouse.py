@@ -257,9 +257,12 @@ def test_asof_before_the_first_vintage_is_an_error(sim_dbs, sim):
     day_before = (date.fromisoformat(first) - timedelta(days=1)).isoformat()
     with pytest.raises(UsageError, match=rf"asof {day_before} is before the first stored vintage of SIM000002 "
                                          rf"\(first stored vintage {first}\)"):
-        wh.asof(["SIM000001", "SIM000002"], day_before) if first > sim_vintage_dates(sim, "SIM000001")[0] \
-            else wh.asof(["SIM000002"], day_before)
+        wh.asof(["SIM000002"], day_before)
     assert len(wh.asof(["SIM000002"], first)) >= 1
+    # every problem of a call in one error
+    with pytest.raises(UsageError, match=r"no vintages stored for NOPE .*; asof 1700-01-01 is before the first "
+                                         r"stored vintage of SIM000001 .*, SIM000002 "):
+        wh.asof(["SIM000001", "nope", "SIM000002"], "1700-01-01")
 
 
 def test_bad_dates_and_arguments(sim_dbs, tmp_path):

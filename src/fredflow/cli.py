@@ -16,6 +16,7 @@ import orjson
 
 from .errors import FatalRunError, FredflowError, UsageError
 from .pipeline import EXIT_FATAL, EXIT_USAGE
+from .warehouse.cli import add_show_parser, cmd_show
 
 log = logging.getLogger("fredflow")
 
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     commands.add_parser("bench", help="benchmark the runners against the simulator (see 'fredflow bench --help')",
                         add_help=False)
+    add_show_parser(commands)
     return parser
 
 
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         commands = {"ingest": cmd_ingest, "backfill": cmd_backfill, "resume": cmd_resume, "runs": cmd_runs,
-                    "serve": cmd_serve}
+                    "serve": cmd_serve, "show": cmd_show}
         return commands[args.command](args)
     except UsageError as exc:
         sys.stderr.write(f"fredflow: error: {exc}\n")
