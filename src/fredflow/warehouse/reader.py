@@ -70,6 +70,12 @@ def _normalise_ids(ids: str | Iterable[str] | None) -> list[str]:
     return out
 
 
+def _names(items: list[str], most: int = 10) -> str:
+    """``A, B, C`` -- at most ``most`` of them, then how many there are in all (errors stay one short line)."""
+    shown = ", ".join(items[:most])
+    return shown if len(items) <= most else f"{shown}, ... ({len(items)} in all)"
+
+
 def _sql_list(ids: list[str]) -> str:
     return ", ".join("'" + sid.replace("'", "''") + "'" for sid in ids)
 
@@ -149,7 +155,7 @@ class Warehouse:
         found = set(table["series_id"].to_pylist())
         missing = [sid for sid in wanted if sid not in found]
         if missing:
-            raise UsageError(f"no metadata stored for {', '.join(missing)} (not in the series table)")
+            raise UsageError(f"no metadata stored for {_names(missing)} (not in the series table)")
         names = ["series_id"] + [n for n in table.column_names if n not in ("series_id", "pos")]
         return table.select(names)
 
@@ -193,7 +199,7 @@ class Warehouse:
                 f"SELECT DISTINCT upper(series_id) FROM vintages WHERE upper(series_id) IN ({id_list})").fetchall()}
             missing = [sid for sid in wanted if sid not in present]
             if missing:
-                raise UsageError(f"no vintages stored for {', '.join(missing)} (ingest them with --vintages)")
+                raise UsageError(f"no vintages stored for {_names(missing)} (ingest them with --vintages)")
             table = self._arrow(con, f"""
                 SELECT upper(v.series_id) AS series_id, v.date,
                        greatest(v.realtime_start, DATE '{rs}') AS realtime_start,
@@ -272,17 +278,17 @@ class Warehouse:
                 only_vintages = [s for s in missing if s in other]
                 unknown = [s for s in missing if s not in other]
                 if unknown:
-                    problems.append(f"unknown series (nothing stored): {', '.join(unknown)}")
+                    problems.append(f"unknown series (nothing stored): {_names(unknown)}")
                 if only_vintages:
-                    problems.append(f"no current observations stored for {', '.join(only_vintages)} "
+                    problems.append(f"no current observations stored for {_names(only_vintages)} "
                                     "(only vintages: use asof or first_release)")
             else:
-                problems.append(f"no vintages stored for {', '.join(missing)} (ingest them with --vintages)")
+                problems.append(f"no vintages stored for {_names(missing)} (ingest them with --vintages)")
         if kind == "asof" and asof is not None:
             early = [f"{sid} (first stored vintage {present[sid]})" for sid in wanted
                      if sid in present and present[sid] is not None and asof < present[sid]]
             if early:
-                problems.append(f"asof {asof} is before the first stored vintage of {', '.join(early)}")
+                problems.append(f"asof {asof} is before the first stored vintage of {_names(early)}")
         if problems:
             raise UsageError("; ".join(problems))
 

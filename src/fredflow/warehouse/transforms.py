@@ -82,7 +82,8 @@ def plan_for(native_levels: dict[str, int], freq: str | None) -> list[Plan]:
     too_high = [f"{sid} ({NATIVE_NAME[level]})" for sid, level in native_levels.items() if level > target]
     if too_high:
         raise UsageError(f"freq {freq!r} ({NATIVE_NAME[target]}) is higher than the native frequency of "
-                         f"{', '.join(too_high)}: only the native frequency or lower can be asked")
+                         f"{', '.join(too_high[:10])}{', ...' if len(too_high) > 10 else ''}: only the native frequency "
+                         "or lower can be asked")
     return [Plan(sid, level < target or freq in ENDING_DAY_VARIANTS, OBS_PER_YEAR[target])
             for sid, level in native_levels.items()]
 
