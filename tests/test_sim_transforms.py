@@ -112,7 +112,7 @@ def test_bad_units_and_aggregation_are_fred_s_400(fred):
     assert get(ids["M"], units="cap")[0] == 400
     assert get(ids["M"], frequency="q", aggregation_method="median") == (400, {"error_code": 400, "error_message":
         "Bad Request.  Value of aggregation_method is not one of: 'avg', 'sum', 'eop'."})
-    # FRED validates aggregation_method even without a frequency
+    # the simulator validates aggregation_method even without a frequency (what FRED does is not recorded)
     assert get(ids["M"], aggregation_method="median")[0] == 400
 
 
