@@ -320,6 +320,18 @@ def test_a_locked_database_is_waited_for_then_a_one_line_error(tmp_path, gdp):
         holder.wait()
 
 
+def test_a_read_write_connection_of_this_process_is_named(tmp_path):
+    path = tmp_path / "mine.duckdb"
+    gdp_database(path, recording("all_releases_json__i0"))
+    mine = duckdb.connect(str(path))
+    try:
+        with pytest.raises(StoreBusy, match="open read-write in this process"):
+            Warehouse(path, lock_timeout=0.2).asof("GDP", "2019-01-01")
+    finally:
+        mine.close()
+    assert len(Warehouse(path, lock_timeout=0.2).asof("GDP", "2019-01-01")) == 291
+
+
 def test_the_warehouse_holds_nothing_open_between_calls(tmp_path):
     path = tmp_path / "open.duckdb"
     wh = gdp_database(path, recording("all_releases_json__i0"))

@@ -119,6 +119,10 @@ class Warehouse:
                 if not busy:
                     raise UsageError(f"cannot read {self.path}: {text.splitlines()[0]}") from None
                 if time.monotonic() >= deadline:
+                    if "different configuration" in text:  # DuckDB: a read-write connection of this process
+                        raise StoreBusy(f"{self.path} is open read-write in this process (an ingest, or a duckdb "
+                                        f"connection you hold?) for more than {self.lock_timeout:g} s; close it "
+                                        "and retry") from None
                     raise StoreBusy(f"{self.path} is locked by a writer (an ingest?) for more than "
                                     f"{self.lock_timeout:g} s; retry when it is done") from None
                 time.sleep(self.retry_interval)
@@ -224,17 +228,12 @@ class Warehouse:
 
     def _panel(self, kind: str, ids, start, end, freq, agg, units, asof: date | None) -> pa.Table:
         wanted = _normalise_ids(ids)
-        long = self._long(kind, wanted, start, end, freq, agg, units, asof)
-        columns = ", ".join(
-            f"any_value(value) FILTER (WHERE series_id = '{sid}') AS \"{sid}\"" for sid in wanted)
-        con = duckdb.connect()
-        try:
-            con.register("long_table", long)
-            return con.sql(f"SELECT date, {columns} FROM long_table GROUP BY date ORDER BY date").to_arrow_table()
-        finally:
-            con.close()
+        return self._long(kind, wanted, start, end, freq, agg, units, asof, wide=True)
 
-    def _long(self, kind: str, ids, start, end, freq, agg, units, asof: date | None) -> pa.Table:
+    def _long(self, kind: str, ids, start, end, freq, agg, units, asof: date | None, *,
+              wide: bool = False) -> pa.Table:
+        """The long answer (``series_id, date, value``), or with ``wide`` the panel: ``date`` plus one
+        column per series on the union of their dates (pivoted in the same query)."""
         wanted = _normalise_ids(ids)
         start_d, end_d = _to_date(start, "start"), _to_date(end, "end")
         if start_d and end_d and start_d > end_d:
@@ -264,8 +263,13 @@ class Warehouse:
             if end_d:
                 where.append(f"date <= DATE '{end_d.isoformat()}'")
             clause = ("WHERE " + " AND ".join(where)) if where else ""
-            result = self._arrow(con, f"SELECT series_id, date, value FROM ({query}) {clause} ORDER BY pos, date")
-        return result.cast(_LONG_SCHEMA)
+            long = f"SELECT series_id, date, value, pos FROM ({query}) {clause}"
+            if not wide:
+                return self._arrow(con, f"SELECT series_id, date, value FROM ({long}) ORDER BY pos, date"
+                                   ).cast(_LONG_SCHEMA)
+            columns = ", ".join(f"any_value(value) FILTER (WHERE series_id = {_sql_list([sid])}) AS \"{sid}\""
+                                for sid in wanted)
+            return self._arrow(con, f"SELECT date, {columns} FROM ({long}) GROUP BY date ORDER BY date")
 
     def _check_present(self, con, kind: str, wanted: list[str], present: dict, asof: date | None) -> None:
         missing = [sid for sid in wanted if sid not in present]
