@@ -16,6 +16,7 @@ from .options import Mode, RunnerName, RunOptions, Span
 from .run.execute import RunSummary
 from .settings import Settings
 from .sources.fred.catalog import CatalogSpec
+from .warehouse import Warehouse
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,5 @@ __all__ = [
     "CatalogSpec", "Settings", "RunOptions", "Mode", "RunnerName", "Span",
     "FredflowError", "UsageError", "FatalRunError", "FredError", "BadApiKey", "BadRequest",
     "CatalogNotFound", "RateLimited", "SeriesNotFound", "StoreBusy", "TransientError",
+    "Warehouse",
 ]

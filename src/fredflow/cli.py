@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from .errors import EXIT_FATAL, EXIT_USAGE, FatalRunError, FredflowError, UsageError
+from .warehouse.cli import add_show_parser, cmd_show
 
 log = logging.getLogger("fredflow")
 
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     commands.add_parser("bench", help="benchmark the runners against the simulator (see 'fredflow bench --help')",
                         add_help=False)
+    add_show_parser(commands)
     return parser
 
 
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         commands = {"ingest": cmd_ingest, "backfill": cmd_backfill, "resume": cmd_resume, "runs": cmd_runs,
-                    "serve": cmd_serve}
+                    "serve": cmd_serve, "show": cmd_show}
         return commands[args.command](args)
     except UsageError as exc:
         sys.stderr.write(f"fredflow: error: {exc}\n")

@@ -67,6 +67,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from aiohttp import web
 
+from fredflow.sim import transforms
 from fredflow.sim.catalog import DEFAULT_TODAY, SimCatalog, _central_offset, _stamp
 from fredflow.sim.ratelimit import RATE_LIMIT_SCOPES, RateLimiter, TokenBucket
 from fredflow.sim.reference import Reference
@@ -700,6 +701,11 @@ class FredSimulator:
             raise FredError(400, MSG_DATE_ORDER)
         limit, offset = _paging(query, self.config.max_limit)
         sort_order = self._sort_order(query)
+        if transforms.requested(query):  # units, frequency, aggregation_method: sim/transforms.py
+            body = transforms.observations_body(self, query, file_type, series_id, start, end, limit, offset,
+                                                sort_order)
+            if body is not None:
+                return body
         if "realtime_start" in query or "realtime_end" in query or "vintage_dates" in query:
             return self._vintage_observations(query, file_type, series_id, start, end, limit, offset, sort_order)
         output_type = self._choice(query, "output_type", ("1", "2", "3", "4"), "1")
