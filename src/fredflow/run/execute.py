@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from contextlib import AbstractContextManager
 from typing import Any, Callable
 
 from ..destinations.duckdb import RunRecord
@@ -89,7 +90,7 @@ FanOut = Callable[[RunPlan, Progress], list[BatchManifest]]
 Merge = Callable[[RunPlan, list[BatchManifest]], RunSummary]
 
 
-def run_pipeline(destination_lock, make_plan: Callable[[], RunPlan], fan_out: FanOut,  # noqa: ANN001
+def run_pipeline(destination_lock: AbstractContextManager[None], make_plan: Callable[[], RunPlan], fan_out: FanOut,
                  progress: Progress, merge: Merge = finish_run) -> RunSummary:
     """Plan → fan the batches out → merge in one transaction, under the database's run lock.
 

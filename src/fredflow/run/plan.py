@@ -16,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -101,7 +102,7 @@ class RunPlan:
     clock: float = field(default_factory=time.perf_counter)
 
     @property
-    def db(self):  # noqa: ANN201 - a Path
+    def db(self) -> Path:
         return self.destination.path
 
     @property
@@ -330,7 +331,7 @@ def resume_plan(options: RunOptions, settings: Settings) -> RunPlan:
     return plan
 
 
-def stored_settings(db, run_id: str, staging_dir=None) -> dict[str, Any]:  # noqa: ANN001 - str | Path
+def stored_settings(db: str | Path, run_id: str, staging_dir: str | Path | None = None) -> dict[str, Any]:
     """The public settings a run was started with (from its staging folder; no api key)."""
     root = staging_root_for(db, staging_dir)
     try:
@@ -353,7 +354,7 @@ class ResumableRun:
     status: str = "resumable"
 
 
-def resumable_runs(db, staging_dir=None) -> list[ResumableRun]:  # noqa: ANN001 - str | Path
+def resumable_runs(db: str | Path, staging_dir: str | Path | None = None) -> list[ResumableRun]:
     """Runs with a staging folder beside ``db`` (or under ``staging_dir``) that were never committed."""
     destination = DuckDBDestination(db)
     folders = run_folders(staging_root_for(destination.path, staging_dir))
