@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--mode", choices=("full", "incremental"), default="full",
                         help="full: every series (default); incremental: only series changed since the last run "
                              "(the first run loads everything)")
-    ingest.add_argument("--revision-window", default="2y", metavar="SPAN",
-                        help="incremental: re-fetch a changed series from its last observation minus this "
-                             "(default 2y; e.g. 18m, 90d)")
+    ingest.add_argument("--revision-window", default=None, metavar="SPAN",
+                        help="incremental, opt-in: re-fetch a changed series only from its last observation minus "
+                             "this (e.g. 2y; default: the whole series, so revisions anywhere are applied; a window "
+                             "saves bytes, not requests, and misses older revisions)")
     ingest.add_argument("--reset-state", action="store_true",
                         help="forget what earlier runs fetched: this run is an initial load")
     ingest.add_argument("--start", type=_date, help="first observation date, YYYY-MM-DD")
@@ -124,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_and_catalog(backfill)
     backfill.add_argument("--start", type=_date, required=True, help="first observation date, YYYY-MM-DD")
     backfill.add_argument("--end", type=_date, help="last observation date (default: through the latest)")
-    backfill.add_argument("--window", default="10y", metavar="SPAN",
-                          help="length of one window of observation dates (default 10y; e.g. 5y, 18m)")
+    backfill.add_argument("--window", default=None, metavar="SPAN",
+                          help="cut the range into windows of this length (e.g. 10y, 18m; default none: one request "
+                               "per 100,000 rows of each series, the fewest; a window pays only without a rate limit)")
     _add_vintage_options(backfill)
     _add_run_options(backfill)
 

@@ -92,8 +92,8 @@ def _span_field(flag: str) -> Any:
 WindowSpan = _span_field("--window")
 RevisionSpan = _span_field("--revision-window")
 
-DEFAULT_WINDOW = Span(10, "y")
-DEFAULT_REVISION_WINDOW = Span(2, "y")
+DEFAULT_WINDOW = Span(10, "y")  # what --window meant by default before backfills were planned by pages
+DEFAULT_REVISION_WINDOW = Span(2, "y")  # what --revision-window meant by default before it became opt-in
 
 #: Runner options: which runners they apply to.
 RUNNER_FIELDS = {"workers": ("dask",), "threads_per_worker": ("dask",), "thread_slots": ("thread",),
@@ -122,9 +122,12 @@ class RunOptions(BaseModel):
     end: date | None = None
     """Last observation date (default: through the latest)."""
     window: WindowSpan | None = None
-    """Backfill: length of one window of observation dates (default 10y)."""
-    revision_window: RevisionSpan = DEFAULT_REVISION_WINDOW
-    """Incremental: a changed series is re-fetched from its last stored observation minus this."""
+    """Backfill: cut ``[start, end]`` into windows of this length (default none: one request page per
+    100,000 rows of each series, the fewest requests; a window pays only on a server without a rate limit)."""
+    revision_window: RevisionSpan | None = None
+    """Incremental, opt-in: re-fetch a changed series only from its last stored observation minus this
+    (default none: the whole series, so a revision anywhere in its history is applied; a window
+    saves bytes, not requests, and loses revisions older than it)."""
     reset_state: bool = False
     """Forget the stored state of the catalog's series: this run is an initial load for them."""
     vintages: bool = False
@@ -174,6 +177,8 @@ class RunOptions(BaseModel):
             raise UsageError("--reset-state needs a run that stores state: without --end and without --vintages")
         if self.window is not None and not backfill:
             raise UsageError("--window applies to backfills only ('fredflow backfill')")
+        if self.revision_window is not None and self.mode != Mode.INCREMENTAL:
+            raise UsageError("--revision-window applies to --mode incremental only")
         if self.vintages and self.mode == Mode.INCREMENTAL:
             raise UsageError("--vintages needs --mode full or a backfill, not incremental")
         if (self.realtime_start or self.realtime_end) and not self.vintages:
@@ -201,8 +206,9 @@ class RunOptions(BaseModel):
             raise UsageError(f"{where}: {first['msg']}") from None
 
     @property
-    def backfill_window(self) -> Span:
-        return self.window or DEFAULT_WINDOW
+    def backfill_window(self) -> Span | None:
+        """The explicit ``--window`` (None: a backfill is planned by request pages, not by time)."""
+        return self.window
 
     @property
     def stores_state(self) -> bool:
@@ -220,7 +226,7 @@ class RunOptions(BaseModel):
             "runner_options": self.runner_options(), "batch_size": self.batch_size or "auto",
             "start": self.start, "end": self.end, "mode": str(self.mode),
             "window": str(self.window) if self.window else None,
-            "revision_window": str(self.revision_window) if self.mode == Mode.INCREMENTAL else None,
+            "revision_window": str(self.revision_window) if self.revision_window else None,
             "reset_state": self.reset_state, "vintages": self.vintages,
             "realtime_start": self.realtime_start, "realtime_end": self.realtime_end, "settings": settings_public,
         }

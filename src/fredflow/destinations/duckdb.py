@@ -25,9 +25,10 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import duckdb
+import pyarrow as pa
 
 from ..errors import FatalRunError, StoreBusy
 from ..staging import BatchManifest, LockHeld, PidLock
@@ -94,6 +95,14 @@ CREATE TABLE IF NOT EXISTS ingest_runs (
     n_catalog    INTEGER,
     n_unchanged  INTEGER
 );
+CREATE TABLE IF NOT EXISTS revisions (
+    run_id    VARCHAR NOT NULL,  -- the run whose merge made the change
+    series_id VARCHAR NOT NULL,
+    date      DATE    NOT NULL,
+    old_value DOUBLE,            -- NULL: FRED's "." (or, for kind added, no row before)
+    new_value DOUBLE,            -- NULL: FRED's "." (or, for kind deleted, no row now)
+    kind      VARCHAR NOT NULL   -- revised | deleted | added
+);
 CREATE TABLE IF NOT EXISTS ingest_failures (
     run_id      VARCHAR,
     series_id   VARCHAR,
@@ -131,6 +140,9 @@ class RunRecord:
     parameters: dict[str, Any]
     n_catalog: int = 0
     n_unchanged: int = 0
+    n_revised: int = 0  # filled by the merge (the revision log of the run)
+    n_deleted: int = 0
+    n_added: int = 0
 
 
 def connect(db_path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -183,7 +195,9 @@ def run_lock(db_path: str | Path) -> Iterator[None]:
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_SQL)
     for table, column, kind in (("ingest_runs", "n_catalog", "INTEGER"), ("ingest_runs", "n_unchanged", "INTEGER"),
-                                ("series_state", "checked_through", "TIMESTAMPTZ")):  # databases from before these
+                                ("series_state", "checked_through", "TIMESTAMPTZ"),
+                                ("ingest_runs", "n_revised", "BIGINT"), ("ingest_runs", "n_deleted", "BIGINT"),
+                                ("ingest_runs", "n_added", "BIGINT")):  # databases from before these
         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
@@ -229,7 +243,8 @@ def committed_run_ids(db_path: str | Path) -> set[str]:
 def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchManifest],
               catalog_files: Iterable[str] = (), *, state: StateUpdate | None = StateUpdate(),
               vintage_range: tuple[date | None, date | None] = (None, None),
-              memory_limit: str | None = "512MB") -> None:
+              slices: Sequence[tuple[str, date | None, date | None]] | None = None,
+              memory_limit: str | None = "512MB") -> dict[str, int]:
     """Merge every staged file of a run and record the run, in ONE transaction.
 
     ``state``: the run fetched its series through their latest observation, so
@@ -240,6 +255,16 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
     periods, so merging row by row would mix clipped and whole periods).
     ``memory_limit`` caps DuckDB for the merge: beyond it the upsert's join
     spills to disk, so the merge of a large backfill stays flat in memory.
+
+    ``slices``: ``(series_id, first, last)`` observation dates the run fetched
+    whole (None: open). Each slice of a series that succeeded is *replaced*: its
+    stored rows there are deleted and the staged ones inserted, so values FRED
+    revised anywhere in it are updated and observations FRED no longer serves
+    are removed. The differences are logged in ``revisions`` first (from a join
+    of the rows about to be deleted with the staged ones; see :func:`_log_revisions`).
+    Staged rows of other series (a series that failed in one window of a
+    backfill, or ``slices`` None) are upserted by key as before.
+    Returns ``{"n_revised", "n_deleted", "n_added"}``, also stored in the run's row.
     """
     manifests = list(manifests)
     observation_files = [f for m in manifests for f in m.observation_files]
@@ -256,9 +281,21 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
         ensure_schema(con)
         con.begin()
         try:
+            ok = set(succeeded)
+            replaced = [(sid, lo, hi) for sid, lo, hi in (slices or ()) if sid in ok]
+            if replaced:
+                con.register("_slices", pa.table({
+                    "series_id": pa.array([r[0] for r in replaced], pa.string()),
+                    "lo": pa.array([r[1] for r in replaced], pa.date32()),
+                    "hi": pa.array([r[2] for r in replaced], pa.date32())}))
+                counts = _log_revisions(con, record.run_id, observation_files)
+                con.execute(f"DELETE FROM observations o USING _slices s WHERE {_IN_SLICE}")
+                record.n_revised, record.n_deleted, record.n_added = (
+                    counts["revised"], counts["deleted"], counts["added"])
             if observation_files:
                 _upsert(con, "observations", ("series_id", "date"),
-                        "series_id, date, value, realtime_start, realtime_end", observation_files)
+                        "series_id, date, value, realtime_start, realtime_end", observation_files,
+                        skip_sliced=bool(replaced))
             if vintage_files:
                 first, last = vintage_range
                 con.execute(
@@ -305,6 +342,41 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
             raise
     finally:
         con.close()
+    return {"n_revised": record.n_revised, "n_deleted": record.n_deleted, "n_added": record.n_added}
+
+
+_IN_SLICE = ("o.series_id = s.series_id AND o.date >= coalesce(s.lo, DATE '0001-01-01') "
+             "AND o.date <= coalesce(s.hi, DATE '9999-12-31')")
+
+
+def _log_revisions(con: duckdb.DuckDBPyConnection, run_id: str, files: list[str]) -> dict[str, int]:
+    """Append to ``revisions`` every difference between the stored rows of the replaced slices (the
+    rows the merge is about to delete) and the staged ones, and count them by kind.
+
+    ``revised``: the date is in both, the value differs (``"."`` counts as a value: NULL is
+    distinct from a number); ``deleted``: stored, no longer served; ``added``: served, not stored
+    before, for a series that had rows in its slice. A series' first load (nothing stored in its
+    slice) is not logged row by row: it is the run's ``n_rows``, not a change.
+    """
+    staged = ("(SELECT series_id, date, value FROM read_parquet($files) WHERE series_id IN "
+              "(SELECT series_id FROM _slices))" if files else
+              "(SELECT NULL::VARCHAR AS series_id, NULL::DATE AS date, NULL::DOUBLE AS value WHERE false)")
+    con.execute(
+        f"""
+        INSERT INTO revisions
+        SELECT $run_id, coalesce(o.series_id, n.series_id), coalesce(o.date, n.date), o.value, n.value,
+               CASE WHEN o.date IS NULL THEN 'added' WHEN n.date IS NULL THEN 'deleted' ELSE 'revised' END
+        FROM (SELECT o.series_id, o.date, o.value FROM observations o JOIN _slices s ON {_IN_SLICE}) o
+        FULL OUTER JOIN {staged} n ON o.series_id = n.series_id AND o.date = n.date
+        WHERE n.date IS NULL OR (o.date IS NOT NULL AND o.value IS DISTINCT FROM n.value)
+           OR (o.date IS NULL AND n.series_id IN (
+                SELECT DISTINCT o.series_id FROM observations o JOIN _slices s ON {_IN_SLICE}))
+        """,
+        {"run_id": run_id, **({"files": files} if files else {})},
+    )
+    rows = con.execute("SELECT kind, count(*) FROM revisions WHERE run_id = $run_id GROUP BY kind",
+                       {"run_id": run_id}).fetchall()
+    return {"revised": 0, "deleted": 0, "added": 0, **dict(rows)}
 
 
 def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str], run_id: str) -> None:
@@ -334,11 +406,41 @@ def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded:
 
 
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], columns: str,
-            files: list[str]) -> None:
-    """Replace the rows of ``table`` whose ``key`` is in the staged ``files``, then insert the staged rows."""
+            files: list[str], *, skip_sliced: bool = False) -> None:
+    """Replace the rows of ``table`` whose ``key`` is in the staged ``files``, then insert the staged rows.
+    ``skip_sliced``: series in ``_slices`` were deleted by slice already; their keys need no delete."""
     match = " AND ".join(f"t.{k} = s.{k}" for k in key)
+    if skip_sliced:
+        match += " AND s.series_id NOT IN (SELECT series_id FROM _slices)"
     con.execute(f"DELETE FROM {table} t USING read_parquet($files) s WHERE {match}", {"files": files})
     con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet($files)", {"files": files})
+
+
+def read_revisions(db_path: str | Path, *, since: date | datetime | None = None, run_id: str | None = None,
+                   series: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The revision log, oldest run first then series and date: ``run_id``, ``run_finished_at``, ``series_id``,
+    ``date``, ``old_value``, ``new_value``, ``kind``. ``since``: runs that finished at or after it;
+    ``run_id``: that run only; ``series``: those series only."""
+    with _reading(db_path, "revisions") as con:
+        if con is None:
+            return []
+        where, params = ["true"], {}
+        if since is not None:
+            where.append("r.finished_at >= $since")
+            params["since"] = since
+        if run_id is not None:
+            where.append("v.run_id = $run_id")
+            params["run_id"] = run_id
+        if series:
+            where.append("v.series_id IN (SELECT unnest($series))")
+            params["series"] = list(series)
+        cursor = con.execute(
+            f"""SELECT v.run_id, r.finished_at AS run_finished_at, v.series_id, v.date, v.old_value, v.new_value,
+                       v.kind
+                FROM revisions v LEFT JOIN ingest_runs r USING (run_id)
+                WHERE {" AND ".join(where)} ORDER BY r.finished_at, v.run_id, v.series_id, v.date""", params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values)) for values in cursor.fetchall()]
 
 
 def recent_runs(db_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
@@ -388,7 +490,12 @@ class DuckDBDestination:
 
     def merge(self, record: RunRecord, manifests: Iterable[BatchManifest], catalog_files: Iterable[str] = (), *,
               state: StateUpdate | None = StateUpdate(),
-              vintage_range: tuple[date | None, date | None] = (None, None)) -> None:
+              vintage_range: tuple[date | None, date | None] = (None, None),
+              slices: Sequence[tuple[str, date | None, date | None]] | None = None) -> dict[str, int]:
         """Every staged file of a run and its record, in ONE transaction (see :func:`merge_run`)."""
-        merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
-                  memory_limit=self.memory_limit)
+        return merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
+                         slices=slices, memory_limit=self.memory_limit)
+
+    def changes(self, **filters: Any) -> list[dict[str, Any]]:
+        """Rows of the revision log (see :func:`read_revisions`)."""
+        return read_revisions(self.path, **filters)

@@ -124,6 +124,23 @@ class RunPlan:
     def job(self) -> RunJob:
         return RunJob(self.run_id, self.staging_root, self.settings)
 
+    def replaced_slices(self) -> list[tuple[str, date | None, date | None]]:
+        """``(series_id, first, last)`` of observation dates the run fetched whole for each series (None: open).
+
+        The merge replaces exactly these slices of every series that succeeded: rows FRED no longer
+        serves there are deleted, revised ones updated (a run with ``--start/--end`` replaces only that
+        slice; an incremental run with ``--revision-window`` only from each series' own start)."""
+        if self.vintages:
+            return []
+        first, last = self.windows[0][0], self.windows[-1][1]
+        out = []
+        for group in self.groups:
+            for position, series_id in enumerate(group.series_ids):
+                own = group.starts[position] if group.starts is not None else None
+                start = max(own, first) if own and first else (own or first)
+                out.append((series_id, start, last))
+        return out
+
     def all_batches(self) -> Iterator[Batch]:
         index = 0
         for group in self.groups:
@@ -173,8 +190,8 @@ async def _select(options: RunOptions, settings: Settings, stats: RequestStats, 
             return catalog, selection, selection.checked_through
         # before anything else is read: an update published after this is newer, so the next run sees it
         checked_through = (await current_watermark(catalog, client)) if stamp else None
-        if options.mode == Mode.BACKFILL:
-            # a backfill needs each series' observed range to skip windows it does not reach
+        if options.mode == Mode.BACKFILL and options.window is not None:
+            # a windowed backfill needs each series' observed range to skip windows it does not reach
             catalog = await with_metadata(catalog, client)
         return catalog, None, checked_through
 
@@ -188,7 +205,7 @@ def _spans(series_ids: list[str], metadata: pa.Table) -> list[tuple[date | None,
 
 def _groups(options: RunOptions, resolved: Catalog, selection: Selection | None) -> list[SeriesGroup]:
     explicit = resolved.metadata is None  # ids given: metadata comes per series (or from series/updates)
-    if selection is None and options.mode == Mode.BACKFILL:
+    if selection is None and options.mode == Mode.BACKFILL and options.window is not None:
         return [SeriesGroup(resolved.series_ids, False, spans=_spans(resolved.series_ids, resolved.metadata))]
     if selection is None:
         return [SeriesGroup(resolved.series_ids, fetch_metadata=explicit)]
@@ -232,7 +249,9 @@ def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhe
         groups = _groups(options, resolved, selection)
         n_fetch = sum(len(g.series_ids) for g in groups)
         run_windows: list[tuple[date | None, date | None]] = [(options.start, options.end)]
-        if mode == Mode.BACKFILL:
+        if mode == Mode.BACKFILL and options.backfill_window is not None:
+            # time windows only when asked for: without one a backfill is planned by request pages (each
+            # series' whole range in one request per 100,000 rows, the fewest FRED allows)
             run_windows = list(windows(options.start, options.end or date.today(), options.backfill_window))
             if options.end is None:
                 run_windows[-1] = (run_windows[-1][0], None)  # the last window is open: through the latest observation
