@@ -25,11 +25,23 @@ series on day ``t``:
   one, never missing, with a seeded value (one random-walk step);
 - revises its three observations before that new one by a seeded, non-zero
   number of ticks (same number of decimals; a ``"."`` stays ``"."``);
+- revises one more observation anywhere in the rest of its history (a seeded
+  position, uniform over the older rows; a comprehensive revision reaching
+  decades back) by a seeded, non-zero number of ticks (a ``"."`` stays ``"."``);
+- with probability 1/4 removes one observation (a seeded position among the
+  older rows, never the first: ``observation_start`` does not move), as FRED
+  sometimes stops serving a date;
 - sets ``last_updated`` to day ``t`` at a seeded time in 07:30-08:30, US
   Central offset; ``observation_end`` follows the new last observation.
 
 Series that never changed keep everything, including their base
 ``last_updated``.  Changes never touch the vintage history below.
+
+**New series.**  ``new_series=N`` adds ids ``SIMN0001`` ... ``SIMN{N}``:
+``SIMN000j`` does not exist before day ``j``; from day ``j`` on it is servable,
+listed by release 1 and by one partition release (the ``(j-1) % n``-th), and
+its ``last_updated`` is day ``j`` (so ``series/updates`` lists it then).
+It is never among a day's changed series.
 
 **Vintages (ALFRED).**  Built from the base data (day 0), unclipped:
 
@@ -100,6 +112,7 @@ _PUBLICATION_LAG_DAYS = {"D7": 1, "D": 1, "W": 6, "M": 30, "Q": 60, "A": 90}
 _PRE_REVISIONS = 3  # vintages showing a pre-revision value: the first release and the next two
 _UNREVISED_SHARE = 0.3  # chance that a pre-revision value equals the next version
 _PRE_MISSING_SHARE = 0.02  # chance that a pre-revision value is "."
+_REMOVAL_SHARE = 0.25  # chance that a change also removes one older observation
 
 _PARTITION_RELEASE_IDS = (10, 13, 18, 21, 46, 50, 53, 86)
 _FIRST_CATEGORY_ID = 100
@@ -261,7 +274,10 @@ class SimCatalog:
         withdrawn: int = 0,
         today: date = DEFAULT_TODAY,
         changes: tuple[int, ...] = (),
+        new_series: int = 0,
     ) -> None:
+        if not 0 <= new_series <= 9999:
+            raise ValueError("new_series must be in 0..9999")
         if not 0 <= n_series <= 999_999:
             raise ValueError("n_series must be in 0..999999")
         if obs_per_series is not None and obs_per_series < 1:
@@ -322,6 +338,19 @@ class SimCatalog:
             _CATEGORY_STREAM, list(range(_FIRST_CATEGORY_ID, _FIRST_CATEGORY_ID + n_categories))
         )
         """category_id -> sorted ids; the categories partition ``listed_ids``."""
+
+        # new series that have debuted by now: appended after the base ids (still sorted: "SIMN" > "SIM0")
+        self.new_series = new_series
+        self._debut_day: dict[str, int] = {f"SIMN{j:04d}": j for j in range(1, min(new_series, self.day) + 1)}
+        partition_ids = list(_PARTITION_RELEASE_IDS[:n_releases])
+        for sid, j in self._debut_day.items():
+            self._index[sid] = n_series + withdrawn + j
+            self.series_ids.append(sid)
+            self.releases[1].append(sid)
+            self.releases[partition_ids[(j - 1) % len(partition_ids)]].append(sid)
+        if self._debut_day:
+            self.listed_ids = sorted(self.listed_ids + list(self._debut_day))
+            self.releases = {g: sorted(ids) for g, ids in self.releases.items()}
 
         self._changed_on: list[list[str]] = [self._draw_changed(t, k) for t, k in enumerate(changes, 1)]
         self._change_days: dict[str, list[int]] = {}
@@ -471,6 +500,10 @@ class SimCatalog:
         """Last observation date and ``last_updated`` after the simulated days."""
         days = self._change_days.get(spec.series_id)
         if not days:
+            debut = self._debut_day.get(spec.series_id)
+            if debut is not None:
+                rng = np.random.default_rng([self.seed, spec.index, _CHANGE_TIME_STREAM, 0])
+                return spec.last, _stamp(self.base_today + timedelta(days=debut), int(rng.integers(3600)))
             return spec.last, spec.last_updated
         last = _periods_before(spec.frequency, spec.last, -len(days))
         rng = np.random.default_rng([self.seed, spec.index, _CHANGE_TIME_STREAM, days[-1]])
@@ -569,10 +602,24 @@ class SimCatalog:
         ticks[tail] += np.where(values.missing[tail], 0, revised)
         new_tick = ticks[-1] + int(np.rint(rng.normal(0.0, step)))
         new_date = _periods_before(spec.frequency, values.dates[-1], -1)
+        # drawn in this order, after the draws above: days simulated before this rule keep their values
+        older = tail.start  # rows before the three recent ones
+        deep = int(rng.integers(older)) if older > 0 else -1
+        deep_step = _step_ticks(spec, ticks[max(deep, 0):max(deep, 0) + 1])[0]
+        deep_ticks = int(np.rint(rng.normal(0.0, 2.0 * deep_step))) or 1
+        remove = bool(rng.random() < _REMOVAL_SHARE) and older > 1
+        removed = int(rng.integers(1, older)) if older > 1 else -1
+        if deep >= 0 and not values.missing[deep]:
+            ticks[deep] += deep_ticks
+        dates, missing = values.dates, values.missing
+        if remove and removed != deep:
+            keep = np.ones(len(ticks), dtype=bool)
+            keep[removed] = False
+            dates, ticks, missing = dates[keep], ticks[keep], missing[keep]
         return _Values(
-            dates=np.append(values.dates, new_date),
+            dates=np.append(dates, new_date),
             ticks=np.append(ticks, new_tick),
-            missing=np.append(values.missing, False),
+            missing=np.append(missing, False),
         )
 
     def _make_data(self, series_id: str) -> SeriesData:
