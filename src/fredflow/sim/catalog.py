@@ -35,7 +35,8 @@ series on day ``t``:
   Central offset; ``observation_end`` follows the new last observation.
 
 Series that never changed keep everything, including their base
-``last_updated``.  Changes never touch the vintage history below.
+``last_updated``.  Each day that changed a series is also one more vintage
+date of it (see the end of **Vintages** below).
 
 **New series.**  ``new_series=N`` adds ids ``SIMN0001`` ... ``SIMN{N}``:
 ``SIMN000j`` does not exist before day ``j``; from day ``j`` on it is servable,
@@ -59,7 +60,11 @@ It is never among a day's changed series.
 - consecutive versions with the same value form one real-time period (FRED:
   one row per maximal run of equal values, ``"."`` equal to ``"."``); a
   period ends the day before the next version starts, the last one on
-  9999-12-31.  So an observation has one to four rows.
+  9999-12-31.  So an observation has one to four rows;
+- a simulated day ``t`` that changed the series adds the vintage date
+  ``base today + t``: each value it revised or added starts a period there
+  (the previous one ends the day before), a removed observation's period ends
+  the day before.  So the latest vintage always equals :meth:`observations`.
 """
 
 from __future__ import annotations
@@ -362,6 +367,7 @@ class SimCatalog:
         self._data = functools.lru_cache(maxsize=1024)(self._make_data)
         self._vintages = functools.lru_cache(maxsize=16)(self._make_vintages)
         self._vintage_days = functools.lru_cache(maxsize=1024)(self._make_vintage_days)
+        self._base_vintage_days = functools.lru_cache(maxsize=1024)(self._base_vintage_days)
 
     # ------------------------------------------------------------------ public
 
@@ -622,6 +628,37 @@ class SimCatalog:
             missing=np.append(missing, False),
         )
 
+    def _changed_vintages(self, spec: _Spec, base: _Values, date_days, starts, ends, initial, row_ticks,
+                          row_missing):
+        """The base vintage rows plus one vintage per simulated day that changed the series: on day
+        ``t`` (vintage date ``base today + t``) every value the day revised starts a new period (the
+        open one is closed the day before), a removed observation's open period is closed, a new
+        observation starts its first period. The latest vintage is then the current data."""
+        rows = [list(r) for r in zip(date_days.tolist(), starts.tolist(), ends.tolist(), initial.tolist(),
+                                     row_ticks.tolist(), row_missing.tolist())]
+        open_row = {r[0]: r for r in rows if r[2] == _REALTIME_END_MAX_DAYS}
+        values = base
+        for day in self._change_days[spec.series_id]:
+            vintage = (self.base_today + timedelta(days=day) - _EPOCH).days
+            before = _value_map(values)
+            values = self._apply_change(spec, values, day)
+            now = _value_map(values)
+            for d in before.keys() - now.keys():
+                open_row.pop(d)[2] = vintage - 1
+            for d, (tick, missing) in now.items():
+                old = before.get(d)
+                if old is not None and (old == (tick, missing) or (old[1] and missing)):
+                    continue
+                if old is not None:
+                    open_row[d][2] = vintage - 1
+                row = [d, vintage, _REALTIME_END_MAX_DAYS, old is None, tick, missing]
+                rows.append(row)
+                open_row[d] = row
+        rows.sort(key=lambda r: (r[0], r[1]))
+        columns = list(zip(*rows))
+        return (np.array(columns[0], np.int32), np.array(columns[1], np.int32), np.array(columns[2], np.int32),
+                np.array(columns[3], bool), np.array(columns[4], np.int64), np.array(columns[5], bool))
+
     def _make_data(self, series_id: str) -> SeriesData:
         spec = self._spec(series_id)
         values = self._base_values(spec)
@@ -641,17 +678,24 @@ class SimCatalog:
         earliest, latest = np.datetime64(REALTIME_START_MIN, "D"), np.datetime64(self.base_today, "D")
         return np.clip(dates + lag, earliest, latest)
 
-    def _make_vintage_days(self, series_id: str) -> np.ndarray:
+    def _base_vintage_days(self, series_id: str) -> np.ndarray:
         spec = self._spec(series_id)
         releases = self._release_dates(spec, _calendar(spec.frequency, spec.first, spec.last))
-        days = np.unique(releases).astype(np.int64).astype(np.int32)
+        return np.unique(releases).astype(np.int64).astype(np.int32)
+
+    def _make_vintage_days(self, series_id: str) -> np.ndarray:
+        days = self._base_vintage_days(series_id)
+        # a simulated day that changed the series is a vintage date of it (its data changed on that day)
+        change_days = [(self.base_today + timedelta(days=t) - _EPOCH).days for t in self._change_days.get(series_id, ())]
+        if change_days:
+            days = np.concatenate([days, np.array(change_days, np.int32)])
         days.flags.writeable = False
         return days
 
     def _make_vintages(self, series_id: str) -> VintageData:
         spec = self._spec(series_id)
         base = self._base_values(spec)
-        vintage_days = self._vintage_days(series_id)
+        vintage_days = self._base_vintage_days(series_id)
         n = len(base.dates)
         release_days = self._release_dates(spec, base.dates).astype(np.int64)
         first = np.searchsorted(vintage_days, release_days)  # vintage index of the first release
@@ -688,6 +732,10 @@ class SimCatalog:
         date_days = base.dates.astype(np.int64).astype(np.int32)[rows]
         row_ticks = ticks.ravel()[kept]
         row_missing = missing.ravel()[kept]
+        if self._change_days.get(series_id):
+            date_days, starts, ends, initial, row_ticks, row_missing = self._changed_vintages(
+                spec, base, date_days, starts, ends, initial, row_ticks, row_missing)
+            vintage_days = self._vintage_days(series_id)
 
         def date32(days: np.ndarray) -> pa.Array:
             return pa.array(days, pa.int32()).cast(pa.date32())
@@ -711,6 +759,11 @@ class SimCatalog:
             table=table,
             text=text,
         )
+
+
+def _value_map(values: _Values) -> dict[int, tuple[int, bool]]:
+    days = values.dates.astype(np.int64).tolist()
+    return dict(zip(days, zip(values.ticks.tolist(), values.missing.tolist())))
 
 
 def _step_ticks(spec: _Spec, ticks: np.ndarray) -> np.ndarray:
