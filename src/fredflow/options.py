@@ -116,7 +116,8 @@ class RunOptions(BaseModel):
     catalog: CatalogSpec | None = None
     """Which series: exactly one of explicit ids, a file of ids, a release or a category (None only to resume)."""
     mode: Mode = Mode.FULL
-    """full, incremental or backfill (see :class:`Mode`)."""
+    """full, incremental or backfill (see :class:`Mode`). With ``vintages``, incremental fetches only the
+    series whose ``last_updated`` moved, and of each only the vintages after the newest one stored."""
     start: date | None = None
     """First observation date (backfill: required)."""
     end: date | None = None
@@ -179,8 +180,9 @@ class RunOptions(BaseModel):
             raise UsageError("--window applies to backfills only ('fredflow backfill')")
         if self.revision_window is not None and self.mode != Mode.INCREMENTAL:
             raise UsageError("--revision-window applies to --mode incremental only")
-        if self.vintages and self.mode == Mode.INCREMENTAL:
-            raise UsageError("--vintages needs --mode full or a backfill, not incremental")
+        if self.vintages and self.mode == Mode.INCREMENTAL and not self.stores_vintage_state:
+            raise UsageError("--vintages --mode incremental keeps whole histories up to date: "
+                             "no --start/--end/--realtime-start/--realtime-end")
         if (self.realtime_start or self.realtime_end) and not self.vintages:
             raise UsageError("--realtime-start/--realtime-end need --vintages")
         if self.resume is None and self.catalog is None:
@@ -209,6 +211,13 @@ class RunOptions(BaseModel):
     def backfill_window(self) -> Span | None:
         """The explicit ``--window`` (None: a backfill is planned by request pages, not by time)."""
         return self.window
+
+    @property
+    def stores_vintage_state(self) -> bool:
+        """Whether a vintage run fetches whole histories (every date, every vintage): it records each
+        series' newest vintage date in ``vintage_state``, from which an incremental vintage run goes on."""
+        return (self.vintages and self.start is None and self.end is None and self.realtime_start is None
+                and self.realtime_end is None)
 
     @property
     def stores_state(self) -> bool:

@@ -58,6 +58,14 @@ CREATE TABLE IF NOT EXISTS series_state (
     last_success_at       TIMESTAMPTZ,
     checked_through       TIMESTAMPTZ   -- FRED's clock: updates up to here are reflected (see changes.py)
 );
+CREATE TABLE IF NOT EXISTS vintage_state (
+    series_id         VARCHAR PRIMARY KEY,
+    last_updated      TIMESTAMPTZ,  -- FRED's last_updated when a vintage run last fetched the series
+    last_vintage_date DATE,         -- newest vintage date stored in vintages: an incremental vintage run goes on from it
+    last_run_id       VARCHAR,
+    last_success_at   TIMESTAMPTZ,
+    checked_through   TIMESTAMPTZ
+);
 CREATE TABLE IF NOT EXISTS series (
     series_id                 VARCHAR PRIMARY KEY,
     title                     VARCHAR,
@@ -229,6 +237,16 @@ def read_state(db_path: str | Path) -> dict[str, SeriesState]:
     return {sid: SeriesState(updated, last, through) for sid, updated, last, through in rows}
 
 
+def read_vintage_state(db_path: str | Path) -> dict[str, SeriesState]:
+    """Per-series state of whole-history vintage runs; ``last_observation_date`` holds the newest vintage date."""
+    with _reading(db_path, "vintage_state") as con:
+        if con is None:
+            return {}
+        rows = con.execute(
+            "SELECT series_id, last_updated, last_vintage_date, checked_through FROM vintage_state").fetchall()
+    return {sid: SeriesState(updated, last, through) for sid, updated, last, through in rows}
+
+
 def newest_run_start(db_path: str | Path) -> datetime | None:
     """``started_at`` of the newest committed run (None for a new database)."""
     with _reading(db_path, "ingest_runs") as con:
@@ -244,6 +262,7 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
               catalog_files: Iterable[str] = (), *, state: StateUpdate | None = StateUpdate(),
               vintage_range: tuple[date | None, date | None] = (None, None),
               slices: Sequence[tuple[str, date | None, date | None]] | None = None,
+              vintage_starts: Sequence[tuple[str, date]] = (), vintages: bool = False,
               memory_limit: str | None = "512MB") -> dict[str, int]:
     """Merge every staged file of a run and record the run, in ONE transaction.
 
@@ -265,6 +284,11 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
     Staged rows of other series (a series that failed in one window of a
     backfill, or ``slices`` None) are upserted by key as before.
     Returns ``{"n_revised", "n_deleted", "n_added"}``, also stored in the run's row.
+
+    ``vintage_starts``: ``(series_id, L)`` of an incremental vintage run, L the newest vintage date
+    stored. What FRED served from L on is stitched onto the stored history (:func:`_stitch_vintages`);
+    the other vintage series replace their history in ``vintage_range``. For a vintage run ``state``
+    goes to ``vintage_state`` (``vintages`` True: the newest vintage date stored per series).
     """
     manifests = list(manifests)
     observation_files = [f for m in manifests for f in m.observation_files]
@@ -298,15 +322,22 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                         skip_sliced=bool(replaced))
             if vintage_files:
                 first, last = vintage_range
+                continued = [(sid, start) for sid, start in vintage_starts if sid in ok]
+                con.register("_vstarts", pa.table({"series_id": pa.array([c[0] for c in continued], pa.string()),
+                                                   "l": pa.array([c[1] for c in continued], pa.date32())}))
                 con.execute(
                     """
                     DELETE FROM vintages WHERE series_id IN (SELECT DISTINCT series_id FROM read_parquet($files))
+                    AND series_id NOT IN (SELECT series_id FROM _vstarts)
                     AND date >= coalesce($first, DATE '0001-01-01') AND date <= coalesce($last, DATE '9999-12-31')
                     """,
                     {"files": vintage_files, "first": first, "last": last},
                 )
+                if continued:
+                    _stitch_vintages(con, vintage_files)
                 con.execute("INSERT INTO vintages (series_id, date, realtime_start, realtime_end, value) "
-                            "SELECT series_id, date, realtime_start, realtime_end, value FROM read_parquet($files)",
+                            "SELECT series_id, date, realtime_start, realtime_end, value FROM read_parquet($files) "
+                            "WHERE series_id NOT IN (SELECT series_id FROM _vstarts)",
                             {"files": vintage_files})
             if series_files and succeeded:
                 # A listing may carry series that failed later; store metadata of the ones ingested.
@@ -323,7 +354,9 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                     """,
                     {"files": series_files, "succeeded": succeeded, "run_id": record.run_id},
                 )
-            if state is not None:
+            if state is not None and vintages:
+                _update_vintage_state(con, state, succeeded, record.run_id)
+            elif state is not None:
                 _update_state(con, state, succeeded, record.run_id)
             row = asdict(record)
             row["parameters"] = json.dumps(record.parameters, default=str, sort_keys=True)
@@ -377,6 +410,59 @@ def _log_revisions(con: duckdb.DuckDBPyConnection, run_id: str, files: list[str]
     rows = con.execute("SELECT kind, count(*) FROM revisions WHERE run_id = $run_id GROUP BY kind",
                        {"run_id": run_id}).fetchall()
     return {"revised": 0, "deleted": 0, "added": 0, **dict(rows)}
+
+
+def _stitch_vintages(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """Stitch the vintages FRED served from L (``_vstarts``: each series' newest stored vintage date) onto
+    the stored history. FRED clips every period to ``realtime_start`` = L, so a period that was open
+    at L comes back starting on L: that row continues the stored one (same value, the same period),
+    which takes its end (closed where a new vintage starts, or still open); every other served row
+    starts on or after L and replaces the stored rows starting there."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _served AS
+        SELECT s.series_id, s.date, s.realtime_start, s.realtime_end, s.value, v.l
+        FROM read_parquet($files) s JOIN _vstarts v USING (series_id)""", {"files": files})
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _continued AS
+        SELECT t.series_id, t.date, t.realtime_start, s.realtime_end
+        FROM _served s JOIN vintages t ON t.series_id = s.series_id AND t.date = s.date
+         AND s.realtime_start = s.l AND t.realtime_start < s.l AND t.realtime_end >= s.l""")
+    con.execute("""
+        UPDATE vintages t SET realtime_end = c.realtime_end FROM _continued c
+        WHERE t.series_id = c.series_id AND t.date = c.date AND t.realtime_start = c.realtime_start""")
+    con.execute("DELETE FROM vintages t USING _vstarts v WHERE t.series_id = v.series_id AND t.realtime_start >= v.l")
+    con.execute("""
+        INSERT INTO vintages (series_id, date, realtime_start, realtime_end, value)
+        SELECT s.series_id, s.date, s.realtime_start, s.realtime_end, s.value FROM _served s
+        WHERE NOT (s.realtime_start = s.l AND EXISTS (
+            SELECT 1 FROM _continued c WHERE c.series_id = s.series_id AND c.date = s.date))""")
+    con.execute("DROP TABLE _served")
+    con.execute("DROP TABLE _continued")
+
+
+def _update_vintage_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str],
+                          run_id: str) -> None:
+    if state.reset:
+        con.execute("DELETE FROM vintage_state WHERE series_id IN (SELECT unnest($ids))", {"ids": list(state.reset)})
+    if succeeded:
+        con.execute(
+            """
+            INSERT INTO vintage_state
+            SELECT s.series_id, s.last_updated, v.newest, $run_id, now(), $checked
+            FROM series s
+            LEFT JOIN (SELECT series_id, max(realtime_start) AS newest FROM vintages
+                       WHERE series_id IN (SELECT unnest($succeeded)) GROUP BY series_id) v USING (series_id)
+            WHERE s.series_id IN (SELECT unnest($succeeded))
+            ON CONFLICT (series_id) DO UPDATE SET
+                last_updated = excluded.last_updated, last_vintage_date = excluded.last_vintage_date,
+                last_run_id = excluded.last_run_id, last_success_at = excluded.last_success_at,
+                checked_through = excluded.checked_through
+            """,
+            {"succeeded": succeeded, "run_id": run_id, "checked": state.checked_through},
+        )
+    if state.unchanged and state.checked_through is not None:
+        con.execute("UPDATE vintage_state SET checked_through = $checked WHERE series_id IN (SELECT unnest($ids))",
+                    {"checked": state.checked_through, "ids": list(state.unchanged)})
 
 
 def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str], run_id: str) -> None:
@@ -491,10 +577,15 @@ class DuckDBDestination:
     def merge(self, record: RunRecord, manifests: Iterable[BatchManifest], catalog_files: Iterable[str] = (), *,
               state: StateUpdate | None = StateUpdate(),
               vintage_range: tuple[date | None, date | None] = (None, None),
-              slices: Sequence[tuple[str, date | None, date | None]] | None = None) -> dict[str, int]:
+              slices: Sequence[tuple[str, date | None, date | None]] | None = None,
+              vintage_starts: Sequence[tuple[str, date]] = (), vintages: bool = False) -> dict[str, int]:
         """Every staged file of a run and its record, in ONE transaction (see :func:`merge_run`)."""
         return merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
-                         slices=slices, memory_limit=self.memory_limit)
+                         slices=slices, vintage_starts=vintage_starts, vintages=vintages,
+                         memory_limit=self.memory_limit)
+
+    def read_vintage_state(self) -> dict[str, SeriesState]:
+        return read_vintage_state(self.path)
 
     def changes(self, **filters: Any) -> list[dict[str, Any]]:
         """Rows of the revision log (see :func:`read_revisions`)."""

@@ -40,6 +40,7 @@ class Batch:
     vintages: bool = False
     realtime_start: date | None = None
     realtime_end: date | None = None
+    realtime_starts: tuple[date | None, ...] | None = None  # incremental vintages: each series' newest stored vintage
 
     def __len__(self) -> int:
         return len(self.series_ids)
@@ -50,6 +51,11 @@ class Batch:
         if own is None:
             return self.start
         return max(own, self.start) if self.start else own
+
+    def realtime_start_of(self, position: int) -> date | None:
+        """First vintage date to fetch for the series at ``position``: its own (incremental) or the batch's."""
+        own = self.realtime_starts[position] if self.realtime_starts is not None else None
+        return own or self.realtime_start
 
     @property
     def key(self) -> str:
@@ -63,6 +69,8 @@ class Batch:
             "starts": [iso_or_none(d) for d in self.starts] if self.starts is not None else None,
             "vintages": self.vintages, "realtime_start": iso_or_none(self.realtime_start),
             "realtime_end": iso_or_none(self.realtime_end),
+            **({"realtime_starts": [iso_or_none(d) for d in self.realtime_starts]}
+               if self.realtime_starts is not None else {}),
         }
 
 
@@ -89,6 +97,7 @@ def iter_batches(
     vintages: bool = False,
     realtime_start: date | None = None,
     realtime_end: date | None = None,
+    realtime_starts: Sequence[date | None] | None = None,
 ) -> Iterator[Batch]:
     """Yield consecutive batches of at most ``batch_size`` ids, lazily.
 
@@ -113,9 +122,10 @@ def iter_batches(
             chosen = positions[offset:offset + batch_size]
             chunk = tuple(series_ids[i] for i in chosen)
             chunk_starts = tuple(starts[i] for i in chosen) if starts is not None else None
+            chunk_realtime = tuple(realtime_starts[i] for i in chosen) if realtime_starts is not None else None
             # metadata once per series: with the first window's batch
             yield Batch(index, chunk, window_start, window_end, fetch_metadata and window_number == 0, chunk_starts,
-                        vintages, realtime_start, realtime_end)
+                        vintages, realtime_start, realtime_end, chunk_realtime)
             index += 1
 
 

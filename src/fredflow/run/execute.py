@@ -85,7 +85,8 @@ def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
     checkpoint("after-staging")
     counts = plan.destination.merge(record, manifests, plan.staging.catalog_files, state=plan.state,
                                     vintage_range=plan.vintage_range if plan.vintages else (None, None),
-                                    slices=plan.replaced_slices())
+                                    slices=plan.replaced_slices(), vintage_starts=plan.vintage_starts(),
+                                    vintages=plan.vintages)
     summary.n_revised, summary.n_deleted, summary.n_added = counts["n_revised"], counts["n_deleted"], counts["n_added"]
     plan.staging.remove()
     return summary

@@ -36,7 +36,7 @@ from .batches import Batch, auto_batch_size, date_or_none, iso_or_none, iter_bat
 
 log = logging.getLogger("fredflow")
 
-PLAN_FORMAT = 1  # version of plan.json
+PLAN_FORMAT = 2  # version of plan.json
 
 
 def new_run_id() -> str:
@@ -51,21 +51,25 @@ class SeriesGroup:
     fetch_metadata: bool
     starts: list[date | None] | None = None
     spans: list[tuple[date | None, date | None] | None] | None = None  # backfill: each series' observed range
+    realtime_starts: list[date | None] | None = None  # incremental vintages: each series' newest stored vintage
 
     def to_dict(self) -> dict[str, Any]:
         spans = None
         if self.spans is not None:
             spans = [[iso_or_none(span[0]), iso_or_none(span[1])] if span else None for span in self.spans]
         return {"series_ids": self.series_ids, "fetch_metadata": self.fetch_metadata,
-                "starts": [iso_or_none(d) for d in self.starts] if self.starts is not None else None, "spans": spans}
+                "starts": [iso_or_none(d) for d in self.starts] if self.starts is not None else None, "spans": spans,
+                "realtime_starts": [iso_or_none(d) for d in self.realtime_starts]
+                if self.realtime_starts is not None else None}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "SeriesGroup":
-        starts, spans = doc.get("starts"), doc.get("spans")
+        starts, spans, realtime = doc.get("starts"), doc.get("spans"), doc.get("realtime_starts")
         return cls(doc["series_ids"], doc["fetch_metadata"],
                    [date_or_none(d) for d in starts] if starts is not None else None,
                    [(date_or_none(span[0]), date_or_none(span[1])) if span else None for span in spans]
-                   if spans is not None else None)
+                   if spans is not None else None,
+                   [date_or_none(d) for d in realtime] if realtime is not None else None)
 
 
 @dataclass(slots=True)
@@ -94,7 +98,8 @@ class RunPlan:
     realtime_start: date | None = None
     realtime_end: date | None = None
     n_catalog: int = 0
-    state: StateUpdate | None = None  # what the merge writes to series_state (None: bounded or vintage run)
+    state: StateUpdate | None = None  # what the merge writes to series_state (vintage_state for a whole-history
+    # vintage run; None: a bounded run)
     done: dict[int, BatchManifest] = field(default_factory=dict)  # staged by an earlier attempt (resume)
     resumed: bool = False
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -141,13 +146,20 @@ class RunPlan:
                 out.append((series_id, start, last))
         return out
 
+    def vintage_starts(self) -> list[tuple[str, date]]:
+        """``(series_id, newest stored vintage date)`` of the series an incremental vintage run continues:
+        the merge stitches what was fetched from that date onto the stored history."""
+        return [(sid, start) for group in self.groups if group.realtime_starts is not None
+                for sid, start in zip(group.series_ids, group.realtime_starts) if start is not None]
+
     def all_batches(self) -> Iterator[Batch]:
         index = 0
         for group in self.groups:
             for batch in iter_batches(group.series_ids, self.batch_size, windows=self.windows,
                                       fetch_metadata=group.fetch_metadata, starts=group.starts, spans=group.spans,
                                       first_index=index, vintages=self.vintages,
-                                      realtime_start=self.realtime_start, realtime_end=self.realtime_end):
+                                      realtime_start=self.realtime_start, realtime_end=self.realtime_end,
+                                      realtime_starts=group.realtime_starts):
                 index = batch.index + 1
                 yield batch
 
@@ -203,12 +215,20 @@ def _spans(series_ids: list[str], metadata: pa.Table) -> list[tuple[date | None,
     return [known.get(sid) for sid in series_ids]
 
 
-def _groups(options: RunOptions, resolved: Catalog, selection: Selection | None) -> list[SeriesGroup]:
+def _groups(options: RunOptions, resolved: Catalog, selection: Selection | None,
+            state: dict[str, SeriesState] | None = None) -> list[SeriesGroup]:
     explicit = resolved.metadata is None  # ids given: metadata comes per series (or from series/updates)
     if selection is None and options.mode == Mode.BACKFILL and options.window is not None:
         return [SeriesGroup(resolved.series_ids, False, spans=_spans(resolved.series_ids, resolved.metadata))]
     if selection is None:
         return [SeriesGroup(resolved.series_ids, fetch_metadata=explicit)]
+    if options.vintages:  # each changed series from its newest stored vintage date (state: last_observation_date)
+        def newest(ids: list[str]) -> list[date | None]:
+            return [state[sid].last_observation_date if state and sid in state else None for sid in ids]
+
+        return [g for g in (SeriesGroup(selection.changed, False, realtime_starts=newest(selection.changed)),
+                            SeriesGroup(selection.recheck, True, realtime_starts=newest(selection.recheck)),
+                            SeriesGroup(selection.new, fetch_metadata=explicit)) if g.series_ids]
     return [g for g in (SeriesGroup(selection.changed, False, selection.starts),
                         SeriesGroup(selection.recheck, True, selection.recheck_starts),
                         SeriesGroup(selection.new, fetch_metadata=explicit)) if g.series_ids]
@@ -239,14 +259,15 @@ def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhe
     catalog_stats = RequestStats()
     try:
         # state means "fetched through the latest observation": not after a bounded or vintage run
-        stores_state = options.stores_state
-        state = {} if options.reset_state or mode != Mode.INCREMENTAL else destination.read_state()
+        stores_state = options.stores_state or options.stores_vintage_state
+        state = {} if options.reset_state or mode != Mode.INCREMENTAL else (
+            destination.read_vintage_state() if options.vintages else destination.read_state())
         resolved, selection, checked_through = run_sync(
             lambda: _select(options, settings, catalog_stats, state, stamp=stores_state))
         listing = selection.metadata if selection is not None else resolved.metadata
         if listing is not None and listing.num_rows:
             staging.write_catalog(listing)
-        groups = _groups(options, resolved, selection)
+        groups = _groups(options, resolved, selection, state)
         n_fetch = sum(len(g.series_ids) for g in groups)
         run_windows: list[tuple[date | None, date | None]] = [(options.start, options.end)]
         if mode == Mode.BACKFILL and options.backfill_window is not None:
