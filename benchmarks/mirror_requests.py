@@ -10,12 +10,14 @@ Jobs, each against its own simulator process (no rate limit; requests counted AT
   last three and one older value revised, sometimes one removed) and the next incremental run;
 * ``backfill``: ``fredflow backfill --release 1 --start 1600-01-01`` into an empty database;
 * ``vintages-initial``: ``--vintages`` (full real-time history) of a small release;
-* ``vintages-daily``: the same vintage run again after a simulated day.
+* ``vintages-daily``: after a simulated day (1 % of the series change, each gaining a vintage),
+  ``--vintages --mode incremental``: only the changed series, from their newest stored vintage.
 
 The minimum is computed from the simulator's own data, independently of fredflow: a listing
 page per 1,000 series, then for each series fetched one ``series/observations`` request per
 100,000 rows; for vintages, ``series/vintagedates`` pages (10,000 dates each) plus, for each
-real-time range of at most 2,000 vintage dates, one request per 100,000 rows it holds. After each
+real-time range of at most 2,000 vintage dates (FRED's limit; fredflow asks 1,999), one request per
+100,000 rows it holds (an incremental vintage run: only from each series' newest stored vintage). After each
 job the database is compared with the simulator row by row (``observations``; ``vintages`` for
 vintage jobs). Results go to ``benchmarks/results/mirror_requests-<timestamp>.json``.
 """
@@ -50,16 +52,18 @@ def observation_pages(catalog, ids) -> int:
     return sum(max(1, math.ceil(catalog.observations(s).num_rows / OBSERVATIONS_PAGE_LIMIT)) for s in ids)
 
 
-def vintage_requests(catalog, ids) -> int:
-    """series/vintagedates pages + per range of <= 2000 vintage dates, its pages of rows."""
+def vintage_requests(catalog, ids, since: dict[str, date] | None = None) -> int:
+    """series/vintagedates pages + per range of <= 2000 vintage dates, its pages of rows; with ``since``
+    (series -> newest vintage date already stored), only from that date on."""
     total = 0
     end_max = (date(9999, 12, 31) - date(1970, 1, 1)).days
     for sid in ids:
         data = catalog.vintage_data(sid)
-        days = data.vintage_days
+        first = (since[sid] if since and sid in since else date(1776, 7, 4)) - date(1970, 1, 1)
+        days = data.vintage_days[data.vintage_days >= first.days]
         total += max(1, math.ceil(len(days) / VINTAGE_DATES_PAGE_LIMIT))
         firsts = days[MAX_VINTAGE_DATES::MAX_VINTAGE_DATES]
-        starts = [(date(1776, 7, 4) - date(1970, 1, 1)).days, *firsts.tolist()]
+        starts = [first.days, *firsts.tolist()]
         ends = [d - 1 for d in firsts.tolist()] + [end_max]
         for lo, hi in zip(starts, ends):
             rows = int(np.count_nonzero((data.start_days <= hi) & (data.end_days >= lo)))
@@ -144,8 +148,10 @@ def vintage_jobs(runner: str, n_series: int, workdir: Path) -> list[dict]:
         db = workdir / f"{runner}-vintages.duckdb"
         for job in ("vintages-initial", "vintages-daily"):
             if job == "vintages-daily":
+                stored = {s: sim.catalog.vintage_dates(s)[-1] for s in ids}
                 changed = sim.advance(days=1, changed=max(1, n_series // 100))
-                minimum = listing(len(ids)) + vintage_requests(sim.catalog, changed)
+                minimum = listing(len(ids)) + vintage_requests(sim.catalog, changed,
+                                                               stored if INCREMENTAL_VINTAGES else None)
             else:
                 minimum = listing(len(ids)) + vintage_requests(sim.catalog, ids)
             sim.reset_stats()
