@@ -234,3 +234,20 @@ def test_incremental_vintages_fetch_only_new_vintages_stitched_exactly(tmp_path,
         sim.reset_stats()
         idle = ingest(db, spec, settings=settings, vintages=True, mode="incremental")
         assert (idle.n_series, idle.requests, sim.stats()["requests"]) == (0, 1, 1)
+
+
+def test_expected_pages_estimates_each_series_requests_from_its_metadata():
+    """Planning estimates each series' requests from observation_start/end and the frequency; against the
+    simulator's catalog (one long Daily, 7-Day series of 2 pages) it is exact for every series."""
+    from fredflow.run.batches import expected_pages
+    from fredflow.sim.catalog import SimCatalog
+
+    catalog = SimCatalog(n_series=200, seed=31, long_series=2)
+    for sid in catalog.series_ids:
+        meta = catalog.meta(sid)
+        first, last = date.fromisoformat(meta["observation_start"]), date.fromisoformat(meta["observation_end"])
+        assert expected_pages(meta["frequency"], meta["frequency_short"], first, last) == pages(catalog, [sid])
+        assert expected_pages(meta["frequency"], meta["frequency_short"], first, last,
+                              start=date(1776, 7, 4)) == pages(catalog, [sid], date(1776, 7, 4))
+    assert expected_pages("Monthly", "M", date(2000, 1, 1), date(2020, 1, 1), start=date(2030, 1, 1)) == 1
+    assert expected_pages(None, None, None, None) == 1

@@ -75,6 +75,26 @@ class Batch:
 
 
 
+#: Observations a year, by FRED ``frequency_short`` (``Daily, 7-Day`` is told apart by its long name).
+PERIODS_PER_YEAR = {"D": 261.0, "W": 52.18, "BW": 26.09, "M": 12.0, "Q": 4.0, "SA": 2.0, "A": 1.0}
+
+
+def expected_pages(frequency: str | None, frequency_short: str | None, first: date | None, last: date | None,
+                   *, start: date | None = None, end: date | None = None, page_limit: int = 100_000) -> int:
+    """Requests ``series/observations`` needs for one series' ``[start, end]``: its rows estimated from its
+    observed range (``observation_start/end``) and frequency, in pages of ``page_limit`` (at least 1).
+    An estimate for planning only: the client reads FRED's ``count`` from the first page and fetches
+    exactly the pages it announces."""
+    per_year = 365.25 if (frequency or "").startswith("Daily, 7") else PERIODS_PER_YEAR.get(frequency_short or "")
+    if per_year is None or first is None or last is None:
+        return 1
+    lo, hi = max(first, start) if start else first, min(last, end) if end else last
+    if hi < lo:
+        return 1
+    rows = (hi - lo).days / 365.25 * per_year + 1
+    return max(1, math.ceil(rows / page_limit))
+
+
 def iso_or_none(day: date | None) -> str | None:
     return day.isoformat() if day else None
 

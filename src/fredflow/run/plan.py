@@ -32,7 +32,7 @@ from ..sources.fred.changes import Selection, current_watermark, select_changed
 from ..sources.fred.client import FredClient, RequestStats, new_session
 from ..staging import BatchManifest, RunStaging, run_folders
 from ..state import SeriesState, StateUpdate
-from .batches import Batch, auto_batch_size, date_or_none, iso_or_none, iter_batches, windows
+from .batches import Batch, auto_batch_size, date_or_none, expected_pages, iso_or_none, iter_batches, windows
 
 log = logging.getLogger("fredflow")
 
@@ -234,6 +234,28 @@ def _groups(options: RunOptions, resolved: Catalog, selection: Selection | None,
                         SeriesGroup(selection.new, fetch_metadata=explicit)) if g.series_ids]
 
 
+def _planned_pages(groups: list[SeriesGroup], listing: pa.Table | None, options: RunOptions,
+                   page_limit: int) -> int | None:
+    """The observation requests the run should need, estimated from the listing's metadata (None: no
+    metadata known before fetching, or a vintage run)."""
+    if listing is None or options.vintages or not listing.num_rows:
+        return None
+    meta = {row["series_id"]: row for row in listing.select(
+        ["series_id", "frequency", "frequency_short", "observation_start", "observation_end"]).to_pylist()}
+    total = 0
+    for group in groups:
+        for position, sid in enumerate(group.series_ids):
+            row = meta.get(sid)
+            if row is None:
+                total += 1
+                continue
+            own = group.starts[position] if group.starts is not None else None
+            total += expected_pages(row["frequency"], row["frequency_short"], row["observation_start"],
+                                    row["observation_end"], start=own or options.start, end=options.end,
+                                    page_limit=page_limit)
+    return total
+
+
 def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhead: float = 0.0) -> RunPlan:
     """Create the run's staging folder, expand the catalog into series groups and batches, write ``plan.json``.
 
@@ -277,9 +299,12 @@ def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhe
             if options.end is None:
                 run_windows[-1] = (run_windows[-1][0], None)  # the last window is open: through the latest observation
         explicit = resolved.metadata is None
+        pages = _planned_pages(groups, listing, options, settings.page_limit) if len(run_windows) == 1 else None
+        per_series = (pages / n_fetch if pages and n_fetch else 1.0) + (1.0 if explicit and mode != Mode.INCREMENTAL
+                                                                          else 0.0)
         size = options.batch_size or auto_batch_size(
             n_fetch * len(run_windows), slots=slots, rate=settings.rate, task_overhead=task_overhead,
-            requests_per_series=2.0 if explicit and mode != Mode.INCREMENTAL else 1.0,
+            requests_per_series=per_series,
         )
         run_state = None
         if stores_state:
@@ -299,9 +324,10 @@ def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhe
     except BaseException:
         staging.remove()
         raise
-    log.info("run %s (%s): %d of %d catalog series to fetch in %d batches of up to %d%s, runner %s",
+    log.info("run %s (%s): %d of %d catalog series to fetch in %d batches of up to %d%s%s, runner %s",
              run_id, mode, n_fetch, plan.n_catalog, plan.n_batches, size,
-             f" over {len(run_windows)} windows" if len(run_windows) > 1 else "", options.runner)
+             f" over {len(run_windows)} windows" if len(run_windows) > 1 else "",
+             f", about {pages} observation requests (one per 100,000 rows)" if pages else "", options.runner)
     return plan
 
 
