@@ -36,7 +36,7 @@ from .batches import Batch, auto_batch_size, date_or_none, expected_pages, iso_o
 
 log = logging.getLogger("fredflow")
 
-PLAN_FORMAT = 2  # version of plan.json
+PLAN_FORMAT = 1  # version of plan.json (realtime_starts, when absent, reads as None)
 
 
 def new_run_id() -> str:
