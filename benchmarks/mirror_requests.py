@@ -103,6 +103,7 @@ def settings_for(sim: SimProcess) -> Settings:
 
 def row(job: str, runner: str, summary, server: dict, minimum: int, exact: bool, seconds: float) -> dict:
     return {"job": job, "runner": runner, "requests": summary.requests, "server_requests": server["requests"],
+            "retries": summary.retries,  # a request retried (timeout on a loaded machine) counts twice
             "minimum": minimum, "ratio": round(server["requests"] / minimum, 4), "series": summary.n_series,
             "rows": summary.n_rows, "n_revised": summary.n_revised, "n_deleted": summary.n_deleted,
             "n_added": summary.n_added, "seconds": round(seconds, 2), "db_equals_simulator": exact}
