@@ -110,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--mode", choices=("full", "incremental"), default="full",
                         help="full: every series (default); incremental: only series changed since the last run "
                              "(the first run loads everything)")
-    ingest.add_argument("--revision-window", default="2y", metavar="SPAN",
-                        help="incremental: re-fetch a changed series from its last observation minus this "
-                             "(default 2y; e.g. 18m, 90d)")
+    ingest.add_argument("--revision-window", default=None, metavar="SPAN",
+                        help="incremental, opt-in: re-fetch a changed series only from its last observation minus "
+                             "this (e.g. 2y; default: the whole series, so revisions anywhere are applied; a window "
+                             "saves bytes, not requests, and misses older revisions)")
     ingest.add_argument("--reset-state", action="store_true",
                         help="forget what earlier runs fetched: this run is an initial load")
     ingest.add_argument("--start", type=_date, help="first observation date, YYYY-MM-DD")
@@ -125,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_and_catalog(backfill)
     backfill.add_argument("--start", type=_date, required=True, help="first observation date, YYYY-MM-DD")
     backfill.add_argument("--end", type=_date, help="last observation date (default: through the latest)")
-    backfill.add_argument("--window", default="10y", metavar="SPAN",
-                          help="length of one window of observation dates (default 10y; e.g. 5y, 18m)")
+    backfill.add_argument("--window", default=None, metavar="SPAN",
+                          help="cut the range into windows of this length (e.g. 10y, 18m; default none: one request "
+                               "per 100,000 rows of each series, the fewest; a window pays only without a rate limit)")
     _add_vintage_options(backfill)
     _add_run_options(backfill)
 
@@ -157,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=_positive_int, default=20)
     runs.add_argument("--json", action="store_true")
     runs.add_argument("--staging-dir", type=Path, help="where runs were staged, if not beside the db")
+
+    changes = commands.add_parser("changes", help="list the revision log: values runs revised, deleted or added")
+    changes.add_argument("--db", type=Path, required=True)
+    since = changes.add_mutually_exclusive_group()
+    since.add_argument("--since", type=_date, help="runs that finished on or after this date, YYYY-MM-DD")
+    since.add_argument("--run", dest="run_id", metavar="RUN_ID", help="one run's changes")
+    changes.add_argument("--series", help="comma-separated series ids (default all)")
+    changes.add_argument("--json", action="store_true", help="print exactly one JSON array of changes")
 
     commands.add_parser("sim", help="start the embedded FRED-compatible simulator (see 'fredflow sim --help')",
                         add_help=False)
@@ -220,6 +230,8 @@ def _execute(args: argparse.Namespace, settings=None, **run) -> int:
         print(f"run {summary.run_id} {summary.status}: {summary.n_series} series{scope}, {summary.n_rows:,} rows, "
               f"{summary.n_failed} failed, {summary.requests} requests ({summary.retries} retries, "
               f"{summary.throttled} throttled) in {summary.seconds:.1f}s; "
+              + (f"{summary.n_revised} revised, {summary.n_deleted} deleted, {summary.n_added} added "
+                 "(fredflow changes); " if summary.n_revised or summary.n_deleted or summary.n_added else "")
               + (f"fetch at {summary.achieved_rps:.1f} req/s = {summary.utilization:.0%} of --rate"
                  if summary.achieved_rps else "fetch too short to measure its rate"))
         if summary.failed:
@@ -314,6 +326,30 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_changes(args: argparse.Namespace) -> int:
+    """The revision log (table ``revisions``), oldest run first."""
+    from datetime import datetime, timezone
+
+    from .destinations.duckdb import read_revisions
+
+    if not args.db.exists():
+        raise UsageError(f"no database at {args.db}")
+    since = datetime(args.since.year, args.since.month, args.since.day, tzinfo=timezone.utc) if args.since else None
+    series = [s.strip() for s in args.series.split(",") if s.strip()] if args.series else None
+    rows = read_revisions(args.db, since=since, run_id=args.run_id, series=series)
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, default=str).decode() + "\n")
+        return 0
+    for r in rows:
+        old = "" if r["kind"] == "added" else ("." if r["old_value"] is None else repr(r["old_value"]))
+        new = "" if r["kind"] == "deleted" else ("." if r["new_value"] is None else repr(r["new_value"]))
+        print(f"{r['run_id']}  {r['series_id']}  {r['date']}  {r['kind']:<7}  {old} -> {new}")
+    kinds = {kind: sum(1 for r in rows if r["kind"] == kind) for kind in ("revised", "deleted", "added")}
+    print(f"{len(rows)} changes: {kinds['revised']} revised, {kinds['deleted']} deleted, {kinds['added']} added",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sim"]:
@@ -331,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         commands = {"ingest": cmd_ingest, "backfill": cmd_backfill, "resume": cmd_resume, "runs": cmd_runs,
-                    "serve": cmd_serve, "show": cmd_show}
+                    "serve": cmd_serve, "show": cmd_show, "changes": cmd_changes}
         return commands[args.command](args)
     except UsageError as exc:
         sys.stderr.write(f"fredflow: error: {exc}\n")

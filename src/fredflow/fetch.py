@@ -80,7 +80,7 @@ async def _fetch_series(client: FredClient, batch: Batch, position: int):
     series_id = batch.series_ids[position]
     meta = await client.series(series_id) if batch.fetch_metadata else None
     if batch.vintages:
-        rows = await client.vintages(series_id, batch.realtime_start or VINTAGE_EARLIEST,
+        rows = await client.vintages(series_id, batch.realtime_start_of(position) or VINTAGE_EARLIEST,
                                      batch.realtime_end or VINTAGE_LATEST,
                                      observation_start=batch.start_of(position), observation_end=batch.end,
                                      max_vintage_dates=VINTAGES_PER_REQUEST)

@@ -25,9 +25,10 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import duckdb
+import pyarrow as pa
 
 from ..errors import FatalRunError, StoreBusy
 from ..staging import BatchManifest, LockHeld, PidLock
@@ -56,6 +57,14 @@ CREATE TABLE IF NOT EXISTS series_state (
     last_run_id           VARCHAR,      -- last run that fetched it successfully
     last_success_at       TIMESTAMPTZ,
     checked_through       TIMESTAMPTZ   -- FRED's clock: updates up to here are reflected (see changes.py)
+);
+CREATE TABLE IF NOT EXISTS vintage_state (
+    series_id         VARCHAR PRIMARY KEY,
+    last_updated      TIMESTAMPTZ,  -- FRED's last_updated when a vintage run last fetched the series
+    last_vintage_date DATE,         -- newest vintage date stored in vintages: an incremental vintage run goes on from it
+    last_run_id       VARCHAR,
+    last_success_at   TIMESTAMPTZ,
+    checked_through   TIMESTAMPTZ
 );
 CREATE TABLE IF NOT EXISTS series (
     series_id                 VARCHAR PRIMARY KEY,
@@ -94,6 +103,14 @@ CREATE TABLE IF NOT EXISTS ingest_runs (
     n_catalog    INTEGER,
     n_unchanged  INTEGER
 );
+CREATE TABLE IF NOT EXISTS revisions (
+    run_id    VARCHAR NOT NULL,  -- the run whose merge made the change
+    series_id VARCHAR NOT NULL,
+    date      DATE    NOT NULL,
+    old_value DOUBLE,            -- NULL: FRED's "." (or, for kind added, no row before)
+    new_value DOUBLE,            -- NULL: FRED's "." (or, for kind deleted, no row now)
+    kind      VARCHAR NOT NULL   -- revised | deleted | added
+);
 CREATE TABLE IF NOT EXISTS ingest_failures (
     run_id      VARCHAR,
     series_id   VARCHAR,
@@ -131,6 +148,9 @@ class RunRecord:
     parameters: dict[str, Any]
     n_catalog: int = 0
     n_unchanged: int = 0
+    n_revised: int = 0  # filled by the merge (the revision log of the run)
+    n_deleted: int = 0
+    n_added: int = 0
 
 
 def connect(db_path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -183,7 +203,9 @@ def run_lock(db_path: str | Path) -> Iterator[None]:
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_SQL)
     for table, column, kind in (("ingest_runs", "n_catalog", "INTEGER"), ("ingest_runs", "n_unchanged", "INTEGER"),
-                                ("series_state", "checked_through", "TIMESTAMPTZ")):  # databases from before these
+                                ("series_state", "checked_through", "TIMESTAMPTZ"),
+                                ("ingest_runs", "n_revised", "BIGINT"), ("ingest_runs", "n_deleted", "BIGINT"),
+                                ("ingest_runs", "n_added", "BIGINT")):  # databases from before these
         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
@@ -215,6 +237,16 @@ def read_state(db_path: str | Path) -> dict[str, SeriesState]:
     return {sid: SeriesState(updated, last, through) for sid, updated, last, through in rows}
 
 
+def read_vintage_state(db_path: str | Path) -> dict[str, SeriesState]:
+    """Per-series state of whole-history vintage runs; ``last_observation_date`` holds the newest vintage date."""
+    with _reading(db_path, "vintage_state") as con:
+        if con is None:
+            return {}
+        rows = con.execute(
+            "SELECT series_id, last_updated, last_vintage_date, checked_through FROM vintage_state").fetchall()
+    return {sid: SeriesState(updated, last, through) for sid, updated, last, through in rows}
+
+
 def newest_run_start(db_path: str | Path) -> datetime | None:
     """``started_at`` of the newest committed run (None for a new database)."""
     with _reading(db_path, "ingest_runs") as con:
@@ -229,7 +261,9 @@ def committed_run_ids(db_path: str | Path) -> set[str]:
 def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchManifest],
               catalog_files: Iterable[str] = (), *, state: StateUpdate | None = StateUpdate(),
               vintage_range: tuple[date | None, date | None] = (None, None),
-              memory_limit: str | None = "512MB") -> None:
+              slices: Sequence[tuple[str, date | None, date | None]] | None = None,
+              vintage_starts: Sequence[tuple[str, date]] = (), vintages: bool = False,
+              memory_limit: str | None = "512MB") -> dict[str, int]:
     """Merge every staged file of a run and record the run, in ONE transaction.
 
     ``state``: the run fetched its series through their latest observation, so
@@ -240,6 +274,21 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
     periods, so merging row by row would mix clipped and whole periods).
     ``memory_limit`` caps DuckDB for the merge: beyond it the upsert's join
     spills to disk, so the merge of a large backfill stays flat in memory.
+
+    ``slices``: ``(series_id, first, last)`` observation dates the run fetched
+    whole (None: open). Each slice of a series that succeeded is *replaced*: its
+    stored rows there are deleted and the staged ones inserted, so values FRED
+    revised anywhere in it are updated and observations FRED no longer serves
+    are removed. The differences are logged in ``revisions`` first (from a join
+    of the rows about to be deleted with the staged ones; see :func:`_log_revisions`).
+    Staged rows of other series (a series that failed in one window of a
+    backfill, or ``slices`` None) are upserted by key as before.
+    Returns ``{"n_revised", "n_deleted", "n_added"}``, also stored in the run's row.
+
+    ``vintage_starts``: ``(series_id, L)`` of an incremental vintage run, L the newest vintage date
+    stored. What FRED served from L on is stitched onto the stored history (:func:`_stitch_vintages`);
+    the other vintage series replace their history in ``vintage_range``. For a vintage run ``state``
+    goes to ``vintage_state`` (``vintages`` True: the newest vintage date stored per series).
     """
     manifests = list(manifests)
     observation_files = [f for m in manifests for f in m.observation_files]
@@ -256,20 +305,39 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
         ensure_schema(con)
         con.begin()
         try:
+            ok = set(succeeded)
+            replaced = [(sid, lo, hi) for sid, lo, hi in (slices or ()) if sid in ok]
+            if replaced:
+                con.register("_slices", pa.table({
+                    "series_id": pa.array([r[0] for r in replaced], pa.string()),
+                    "lo": pa.array([r[1] for r in replaced], pa.date32()),
+                    "hi": pa.array([r[2] for r in replaced], pa.date32())}))
+                counts = _log_revisions(con, record.run_id, observation_files)
+                con.execute(f"DELETE FROM observations o USING _slices s WHERE {_IN_SLICE}")
+                record.n_revised, record.n_deleted, record.n_added = (
+                    counts["revised"], counts["deleted"], counts["added"])
             if observation_files:
                 _upsert(con, "observations", ("series_id", "date"),
-                        "series_id, date, value, realtime_start, realtime_end", observation_files)
+                        "series_id, date, value, realtime_start, realtime_end", observation_files,
+                        skip_sliced=bool(replaced))
             if vintage_files:
                 first, last = vintage_range
+                continued = [(sid, start) for sid, start in vintage_starts if sid in ok]
+                con.register("_vstarts", pa.table({"series_id": pa.array([c[0] for c in continued], pa.string()),
+                                                   "l": pa.array([c[1] for c in continued], pa.date32())}))
                 con.execute(
                     """
                     DELETE FROM vintages WHERE series_id IN (SELECT DISTINCT series_id FROM read_parquet($files))
+                    AND series_id NOT IN (SELECT series_id FROM _vstarts)
                     AND date >= coalesce($first, DATE '0001-01-01') AND date <= coalesce($last, DATE '9999-12-31')
                     """,
                     {"files": vintage_files, "first": first, "last": last},
                 )
+                if continued:
+                    _stitch_vintages(con, vintage_files)
                 con.execute("INSERT INTO vintages (series_id, date, realtime_start, realtime_end, value) "
-                            "SELECT series_id, date, realtime_start, realtime_end, value FROM read_parquet($files)",
+                            "SELECT series_id, date, realtime_start, realtime_end, value FROM read_parquet($files) "
+                            "WHERE series_id NOT IN (SELECT series_id FROM _vstarts)",
                             {"files": vintage_files})
             if series_files and succeeded:
                 # A listing may carry series that failed later; store metadata of the ones ingested.
@@ -286,7 +354,9 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                     """,
                     {"files": series_files, "succeeded": succeeded, "run_id": record.run_id},
                 )
-            if state is not None:
+            if state is not None and vintages:
+                _update_vintage_state(con, state, succeeded, record.run_id)
+            elif state is not None:
                 _update_state(con, state, succeeded, record.run_id)
             row = asdict(record)
             row["parameters"] = json.dumps(record.parameters, default=str, sort_keys=True)
@@ -305,6 +375,94 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
             raise
     finally:
         con.close()
+    return {"n_revised": record.n_revised, "n_deleted": record.n_deleted, "n_added": record.n_added}
+
+
+_IN_SLICE = ("o.series_id = s.series_id AND o.date >= coalesce(s.lo, DATE '0001-01-01') "
+             "AND o.date <= coalesce(s.hi, DATE '9999-12-31')")
+
+
+def _log_revisions(con: duckdb.DuckDBPyConnection, run_id: str, files: list[str]) -> dict[str, int]:
+    """Append to ``revisions`` every difference between the stored rows of the replaced slices (the
+    rows the merge is about to delete) and the staged ones, and count them by kind.
+
+    ``revised``: the date is in both, the value differs (``"."`` counts as a value: NULL is
+    distinct from a number); ``deleted``: stored, no longer served; ``added``: served, not stored
+    before, for a series that had rows in its slice. A series' first load (nothing stored in its
+    slice) is not logged row by row: it is the run's ``n_rows``, not a change.
+    """
+    staged = ("(SELECT series_id, date, value FROM read_parquet($files) WHERE series_id IN "
+              "(SELECT series_id FROM _slices))" if files else
+              "(SELECT NULL::VARCHAR AS series_id, NULL::DATE AS date, NULL::DOUBLE AS value WHERE false)")
+    con.execute(
+        f"""
+        INSERT INTO revisions
+        SELECT $run_id, coalesce(o.series_id, n.series_id), coalesce(o.date, n.date), o.value, n.value,
+               CASE WHEN o.date IS NULL THEN 'added' WHEN n.date IS NULL THEN 'deleted' ELSE 'revised' END
+        FROM (SELECT o.series_id, o.date, o.value FROM observations o JOIN _slices s ON {_IN_SLICE}) o
+        FULL OUTER JOIN {staged} n ON o.series_id = n.series_id AND o.date = n.date
+        WHERE n.date IS NULL OR (o.date IS NOT NULL AND o.value IS DISTINCT FROM n.value)
+           OR (o.date IS NULL AND n.series_id IN (
+                SELECT DISTINCT o.series_id FROM observations o JOIN _slices s ON {_IN_SLICE}))
+        """,
+        {"run_id": run_id, **({"files": files} if files else {})},
+    )
+    rows = con.execute("SELECT kind, count(*) FROM revisions WHERE run_id = $run_id GROUP BY kind",
+                       {"run_id": run_id}).fetchall()
+    return {"revised": 0, "deleted": 0, "added": 0, **dict(rows)}
+
+
+def _stitch_vintages(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """Stitch the vintages FRED served from L (``_vstarts``: each series' newest stored vintage date) onto
+    the stored history. FRED clips every period to ``realtime_start`` = L, so a period that was open
+    at L comes back starting on L: that row continues the stored one (same value, the same period),
+    which takes its end (closed where a new vintage starts, or still open); every other served row
+    starts on or after L and replaces the stored rows starting there."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _served AS
+        SELECT s.series_id, s.date, s.realtime_start, s.realtime_end, s.value, v.l
+        FROM read_parquet($files) s JOIN _vstarts v USING (series_id)""", {"files": files})
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _continued AS
+        SELECT t.series_id, t.date, t.realtime_start, s.realtime_end
+        FROM _served s JOIN vintages t ON t.series_id = s.series_id AND t.date = s.date
+         AND s.realtime_start = s.l AND t.realtime_start < s.l AND t.realtime_end >= s.l""")
+    con.execute("""
+        UPDATE vintages t SET realtime_end = c.realtime_end FROM _continued c
+        WHERE t.series_id = c.series_id AND t.date = c.date AND t.realtime_start = c.realtime_start""")
+    con.execute("DELETE FROM vintages t USING _vstarts v WHERE t.series_id = v.series_id AND t.realtime_start >= v.l")
+    con.execute("""
+        INSERT INTO vintages (series_id, date, realtime_start, realtime_end, value)
+        SELECT s.series_id, s.date, s.realtime_start, s.realtime_end, s.value FROM _served s
+        WHERE NOT (s.realtime_start = s.l AND EXISTS (
+            SELECT 1 FROM _continued c WHERE c.series_id = s.series_id AND c.date = s.date))""")
+    con.execute("DROP TABLE _served")
+    con.execute("DROP TABLE _continued")
+
+
+def _update_vintage_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str],
+                          run_id: str) -> None:
+    if state.reset:
+        con.execute("DELETE FROM vintage_state WHERE series_id IN (SELECT unnest($ids))", {"ids": list(state.reset)})
+    if succeeded:
+        con.execute(
+            """
+            INSERT INTO vintage_state
+            SELECT s.series_id, s.last_updated, v.newest, $run_id, now(), $checked
+            FROM series s
+            LEFT JOIN (SELECT series_id, max(realtime_start) AS newest FROM vintages
+                       WHERE series_id IN (SELECT unnest($succeeded)) GROUP BY series_id) v USING (series_id)
+            WHERE s.series_id IN (SELECT unnest($succeeded))
+            ON CONFLICT (series_id) DO UPDATE SET
+                last_updated = excluded.last_updated, last_vintage_date = excluded.last_vintage_date,
+                last_run_id = excluded.last_run_id, last_success_at = excluded.last_success_at,
+                checked_through = excluded.checked_through
+            """,
+            {"succeeded": succeeded, "run_id": run_id, "checked": state.checked_through},
+        )
+    if state.unchanged and state.checked_through is not None:
+        con.execute("UPDATE vintage_state SET checked_through = $checked WHERE series_id IN (SELECT unnest($ids))",
+                    {"checked": state.checked_through, "ids": list(state.unchanged)})
 
 
 def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str], run_id: str) -> None:
@@ -334,11 +492,41 @@ def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded:
 
 
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], columns: str,
-            files: list[str]) -> None:
-    """Replace the rows of ``table`` whose ``key`` is in the staged ``files``, then insert the staged rows."""
+            files: list[str], *, skip_sliced: bool = False) -> None:
+    """Replace the rows of ``table`` whose ``key`` is in the staged ``files``, then insert the staged rows.
+    ``skip_sliced``: series in ``_slices`` were deleted by slice already; their keys need no delete."""
     match = " AND ".join(f"t.{k} = s.{k}" for k in key)
+    if skip_sliced:
+        match += " AND s.series_id NOT IN (SELECT series_id FROM _slices)"
     con.execute(f"DELETE FROM {table} t USING read_parquet($files) s WHERE {match}", {"files": files})
     con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet($files)", {"files": files})
+
+
+def read_revisions(db_path: str | Path, *, since: date | datetime | None = None, run_id: str | None = None,
+                   series: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The revision log, oldest run first then series and date: ``run_id``, ``run_finished_at``, ``series_id``,
+    ``date``, ``old_value``, ``new_value``, ``kind``. ``since``: runs that finished at or after it;
+    ``run_id``: that run only; ``series``: those series only."""
+    with _reading(db_path, "revisions") as con:
+        if con is None:
+            return []
+        where, params = ["true"], {}
+        if since is not None:
+            where.append("r.finished_at >= $since")
+            params["since"] = since
+        if run_id is not None:
+            where.append("v.run_id = $run_id")
+            params["run_id"] = run_id
+        if series:
+            where.append("v.series_id IN (SELECT unnest($series))")
+            params["series"] = list(series)
+        cursor = con.execute(
+            f"""SELECT v.run_id, r.finished_at AS run_finished_at, v.series_id, v.date, v.old_value, v.new_value,
+                       v.kind
+                FROM revisions v LEFT JOIN ingest_runs r USING (run_id)
+                WHERE {" AND ".join(where)} ORDER BY r.finished_at, v.run_id, v.series_id, v.date""", params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values)) for values in cursor.fetchall()]
 
 
 def recent_runs(db_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
@@ -388,7 +576,17 @@ class DuckDBDestination:
 
     def merge(self, record: RunRecord, manifests: Iterable[BatchManifest], catalog_files: Iterable[str] = (), *,
               state: StateUpdate | None = StateUpdate(),
-              vintage_range: tuple[date | None, date | None] = (None, None)) -> None:
+              vintage_range: tuple[date | None, date | None] = (None, None),
+              slices: Sequence[tuple[str, date | None, date | None]] | None = None,
+              vintage_starts: Sequence[tuple[str, date]] = (), vintages: bool = False) -> dict[str, int]:
         """Every staged file of a run and its record, in ONE transaction (see :func:`merge_run`)."""
-        merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
-                  memory_limit=self.memory_limit)
+        return merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
+                         slices=slices, vintage_starts=vintage_starts, vintages=vintages,
+                         memory_limit=self.memory_limit)
+
+    def read_vintage_state(self) -> dict[str, SeriesState]:
+        return read_vintage_state(self.path)
+
+    def changes(self, **filters: Any) -> list[dict[str, Any]]:
+        """Rows of the revision log (see :func:`read_revisions`)."""
+        return read_revisions(self.path, **filters)

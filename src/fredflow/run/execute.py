@@ -47,6 +47,9 @@ class RunSummary:
     n_catalog: int = 0
     n_unchanged: int = 0
     resumed_batches: int = 0
+    n_revised: int = 0  # the run's revision log (table revisions): values changed, removed, added
+    n_deleted: int = 0
+    n_added: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -60,6 +63,7 @@ class RunSummary:
             "achieved_rps": round(self.achieved_rps, 3), "utilization": round(self.utilization, 4),
             "runner": self.runner, "db": self.db, "mode": self.mode, "n_catalog": self.n_catalog,
             "n_unchanged": self.n_unchanged, "resumed_batches": self.resumed_batches,
+            "n_revised": self.n_revised, "n_deleted": self.n_deleted, "n_added": self.n_added,
         }
 
 
@@ -80,8 +84,11 @@ def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
         n_unchanged=plan.n_unchanged,
     )
     checkpoint("after-staging")
-    plan.destination.merge(record, manifests, plan.staging.catalog_files, state=plan.state,
-                           vintage_range=plan.vintage_range if plan.vintages else (None, None))
+    counts = plan.destination.merge(record, manifests, plan.staging.catalog_files, state=plan.state,
+                                    vintage_range=plan.vintage_range if plan.vintages else (None, None),
+                                    slices=plan.replaced_slices(), vintage_starts=plan.vintage_starts(),
+                                    vintages=plan.vintages)
+    summary.n_revised, summary.n_deleted, summary.n_added = counts["n_revised"], counts["n_deleted"], counts["n_added"]
     plan.staging.remove()
     return summary
 
