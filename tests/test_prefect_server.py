@@ -246,7 +246,7 @@ def test_scheduler_creates_the_upcoming_runs_of_the_cron(server, deployed):
 
 
 @pytest.fixture(scope="module")
-def worker_runs(server, deployed, worker, sim, tmp_path_factory):
+def worker_runs(server, deployed, worker, serving, sim, tmp_path_factory):
     """Four triggered runs at once on the process worker; two of them of one deployment (the second waits):
 
     * ``partial``: daily-incremental from the CLI (``prefect deployment run --params``), key from the
@@ -415,14 +415,13 @@ def test_serve_refuses_to_take_over_a_work_pool_deployment(server, deployed, sim
     assert daily.work_pool_name == "fredflow" and not daily.paused
 
 
-def test_serve_runs_a_scheduled_run(server, deployed, sim, tmp_path):
-    """``fredflow serve`` with a one-minute cron: the server's scheduler makes the run, serve runs it."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.client.schemas.sorting import FlowRunSort
-
+@pytest.fixture(scope="module")
+def serving(server, deployed, sim, tmp_path_factory):
+    """``fredflow serve`` with a one-minute cron, started before the worker's runs (its first scheduled
+    run is due within a minute and runs meanwhile)."""
+    folder = tmp_path_factory.mktemp("serve")
     ids = sim.catalog.series_ids[40:46]
-    db = tmp_path / "served.duckdb"
-    log = tmp_path / "serve.log"
+    db, log = folder / "served.duckdb", folder / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(BIN / "fredflow"), "serve", "--db", str(db), "--series", ",".join(ids),
                                  "--api-url", sim.url, "--rate", "500", "--runner", "thread", "--cron", "* * * * *"],
@@ -430,38 +429,71 @@ def test_serve_runs_a_scheduled_run(server, deployed, sim, tmp_path):
                                                "PREFECT_RUNNER_POLL_FREQUENCY": "2"},
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with server.client() as client:
-            deadline = time.monotonic() + 150
-            finished = None
-            while finished is None:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, f"no scheduled run of fredflow-serve finished:\n{log.read_text()}"
-                time.sleep(2)
-                try:
-                    served = client.read_deployment_by_name("fredflow-ingest/fredflow-serve")
-                except Exception:  # noqa: BLE001 - not created yet
-                    continue
-                # the minute cron: the scheduler keeps ~100 runs ahead; the first one is due within a minute
-                runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[served.id])),
-                                             sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=3)
-                finished = next((r for r in runs if r.state and r.state.is_final()), None)
-            daily = client.read_deployment_by_name("fredflow-ingest/daily-incremental")
-        assert served.work_pool_name is None and served.id != daily.id and daily.work_pool_name == "fredflow"
-        assert finished.auto_scheduled and finished.state.is_completed(), (finished.state, log.read_text())
-        assert finished.name == f"served.duckdb · 6 series · incremental"
-        assert_db_matches(db, sim.catalog, ids)
+        yield proc, db, ids, log
     finally:
         _stop(proc)
+
+
+def test_serve_runs_a_scheduled_run(server, deployed, sim, serving):
+    """The server's scheduler makes the runs of serve's cron; serve runs them in its own processes."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    proc, db, ids, log = serving
+    with server.client() as client:
+        deadline = time.monotonic() + 150
+        finished = None
+        while finished is None:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"no scheduled run of fredflow-serve finished:\n{log.read_text()}"
+            try:
+                served = client.read_deployment_by_name("fredflow-ingest/fredflow-serve")
+            except Exception:  # noqa: BLE001 - not created yet
+                time.sleep(2)
+                continue
+            # the minute cron: the scheduler keeps ~100 runs ahead; the first one is due within a minute
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[served.id])),
+                                         sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=3)
+            finished = next((r for r in runs if r.state and r.state.is_final()), None)
+            if finished is None:
+                time.sleep(2)
+        daily = client.read_deployment_by_name("fredflow-ingest/daily-incremental")
+    _stop(proc)  # before reading its database: the next minute's run would hold it
+    assert served.work_pool_name is None and served.id != daily.id and daily.work_pool_name == "fredflow"
+    assert finished.auto_scheduled and finished.state.is_completed(), (finished.state, log.read_text())
+    assert finished.name == "served.duckdb · 6 series · incremental"
+    assert_db_matches(db, sim.catalog, ids)
 
 
 # --------------------------------------------------------------------------- last: the database
 
 
 def test_no_api_key_in_prefects_database(server, worker_runs):
-    """Prefect's database (and its write-ahead log) holds no key: not the worker's, not the Secret block's
-    (blocks are stored encrypted), not one passed as a plain parameter (masked as the run starts)."""
+    """No key in Prefect's database: not the worker's FRED_API_KEY, not the Secret block's (stored
+    encrypted): not a byte of either in the database file or its write-ahead log. A key sent as a plain
+    run parameter is in no row of any table once the run started (the flow masks it), but the server
+    stored it as sent first: its bytes can linger in SQLite's write-ahead log and free pages until
+    overwritten, which is why docs/README-prefect.md says to use a Secret block instead."""
+    import sqlite3
+
     files = [p for p in server.home.iterdir() if p.name.startswith("prefect.db")]
-    assert files
-    found = {key: [p.name for p in files if key.encode() in p.read_bytes()]
-             for key in (DEMO_API_KEY, BLOCK_KEY, PARAM_KEY)}
-    assert found == {DEMO_API_KEY: [], BLOCK_KEY: [], PARAM_KEY: []}
+    assert any(p.name == "prefect.db" for p in files)
+    found = {key: [p.name for p in files if key.encode() in p.read_bytes()] for key in (DEMO_API_KEY, BLOCK_KEY)}
+    assert found == {DEMO_API_KEY: [], BLOCK_KEY: []}
+    con = sqlite3.connect(f"file:{server.home / 'prefect.db'}?mode=ro", uri=True)
+    try:
+        tables = [name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        hits = {}
+        for table in tables:
+            columns = [row[1] for row in con.execute(f'PRAGMA table_info("{table}")')]
+            for column in columns:
+                for key in (DEMO_API_KEY, BLOCK_KEY, PARAM_KEY):
+                    n = con.execute(f'SELECT count(*) FROM "{table}" WHERE CAST("{column}" AS TEXT) LIKE ?',
+                                    (f"%{key}%",)).fetchone()[0]
+                    if n:
+                        hits[(table, column, key)] = n
+        masked = con.execute("SELECT count(*) FROM flow_run WHERE parameters LIKE '%**********%'").fetchone()[0]
+    finally:
+        con.close()
+    assert len(tables) > 20 and hits == {}
+    assert masked >= 1  # the plain-key run, as stored now
