@@ -305,8 +305,13 @@ def _run(options: RunOptions, settings: dict[str, Any] | None, api_key: SecretSt
                                      quota_host=reachable_host(shape.dask_address))
         return seen["manifests"]
 
+    # Task tags (runner:…, mode:…) for deployment runs only: a tagged task looks up tag concurrency limits
+    # through a process-wide service that keeps the first API it talked to, and an in-process run
+    # (`fredflow ingest --runner dask`) gets a new temporary server each time.
+    deployed = bool(getattr(FlowRunContext.get().flow_run, "deployment_id", None))
+    run_tags = (f"runner:{shape.name}", f"mode:{options.mode}") if deployed else ()
     try:
-        with tags(f"runner:{shape.name}", f"mode:{options.mode}"):
+        with tags(*run_tags):
             summary = run_pipeline(DuckDBDestination(options.db).lock(), make_plan, fan_out,
                                    _current_progress(), merge=merge_task)
     except BaseException as exc:
