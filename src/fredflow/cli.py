@@ -19,6 +19,9 @@ from .warehouse.cli import add_show_parser, cmd_show
 
 log = logging.getLogger("fredflow")
 
+#: ``fredflow serve``'s deployment: its own name, so it never takes over prefect.yaml's work-pool deployments.
+SERVE_DEPLOYMENT = "fredflow-serve"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one actionable line and exit code 2."""
@@ -145,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", type=Path, required=True, help="DuckDB file the scheduled runs ingest into")
     _add_catalog_options(serve)
     serve.add_argument("--api-url", help="FRED API base URL (env FRED_API_URL); the key comes from FRED_API_KEY")
+    serve.add_argument("--api-key-secret", metavar="BLOCK",
+                       help="name of a Prefect Secret block holding the key (instead of FRED_API_KEY)")
     serve.add_argument("--rate", type=_positive_float, help="requests per second for each run (default 2)")
     serve.add_argument("--concurrency", type=_positive_int, help="requests in flight for each run (default 8)")
     serve.add_argument("--runner", choices=("thread", "dask"), default="dask")
@@ -152,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads-per-worker", type=_positive_int, default=4)
     serve.add_argument("--cron", default="0 6 * * *", help="schedule (default 06:00 every day)")
     serve.add_argument("--timezone", default="America/Chicago", help="schedule time zone (default America/Chicago)")
-    serve.add_argument("--name", default="daily-incremental", help="deployment name")
+    serve.add_argument("--name", default=SERVE_DEPLOYMENT,
+                       help=f"deployment name (default {SERVE_DEPLOYMENT}; never a work-pool deployment's)")
 
     runs = commands.add_parser("runs", help="list recent runs recorded in the database")
     runs.add_argument("--db", type=Path, required=True)
@@ -261,11 +267,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve ``fredflow-ingest`` on a cron schedule until interrupted (for users without a work pool)."""
+    """Serve ``fredflow-ingest`` on a cron schedule until interrupted (for users without a work pool).
+
+    The deployment is ``fredflow-ingest/<--name>``: it refuses a name that a work-pool deployment
+    (``prefect deploy``) already has, which ``flow.serve`` would otherwise take over and pause on exit.
+    """
     import os
 
-    if not os.environ.get("FRED_API_KEY"):
-        raise UsageError("set FRED_API_KEY in the environment of 'fredflow serve': scheduled runs read it from there")
+    if not args.api_key_secret and not os.environ.get("FRED_API_KEY"):
+        raise UsageError("set FRED_API_KEY in the environment of 'fredflow serve' (scheduled runs read it "
+                         "from there) or name a Prefect Secret block with --api-key-secret")
     from prefect.schedules import Cron
 
     from .options import RunOptions
@@ -279,12 +290,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = RunOptions.build(db=args.db.resolve(), catalog=spec, mode="incremental", runner=args.runner, **shape)
     settings = {k: v for k, v in {"api_url": args.api_url, "rate": args.rate,
                                   "concurrency": args.concurrency}.items() if v is not None}
+    parameters = {"options": options.model_dump(mode="json"), "settings": settings}
+    if args.api_key_secret:
+        parameters["api_key_secret"] = args.api_key_secret
     with prefect_api() as api_url:
-        log.info("serving deployment %r (%s %s) against the Prefect API at %s; Ctrl-C stops",
-                 args.name, args.cron, args.timezone, api_url)
+        _refuse_work_pool_deployment(f"{ingest_flow.name}/{args.name}")
+        log.info("serving deployment '%s/%s' (%s %s) against the Prefect API at %s; Ctrl-C stops",
+                 ingest_flow.name, args.name, args.cron, args.timezone, api_url)
         ingest_flow.serve(name=args.name, schedules=[Cron(args.cron, timezone=args.timezone)],
-                          parameters={"options": options.model_dump(mode="json"), "settings": settings})
+                          parameters=parameters, tags=["fredflow", "serve"])
     return 0
+
+
+def _refuse_work_pool_deployment(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return
+    if existing.work_pool_name:
+        raise UsageError(f"deployment '{name}' runs on work pool '{existing.work_pool_name}' (prefect deploy); "
+                         f"'fredflow serve' would take it over: pick another --name (default {SERVE_DEPLOYMENT})")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

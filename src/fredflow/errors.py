@@ -31,7 +31,41 @@ class FredflowError(Exception):
 
 
 class UsageError(FredflowError):
-    """Bad input from the user (dates, options, files). CLI exit code 2."""
+    """Bad input from the user (dates, options, files). CLI exit code 2.
+
+    Messages name CLI flags (``--start``); raised in a Prefect flow-run process (started by a worker
+    or ``fredflow serve``, where the user filled in parameters, not flags) they name the
+    parameters instead (``options.start``, ``options.catalog.series``, ``settings.rate``).
+    """
+
+    def __init__(self, message: str = "") -> None:
+        import os
+
+        if os.environ.get("PREFECT__FLOW_RUN_ID"):
+            message = as_parameters(message)
+        super().__init__(message)
+
+
+_CATALOG_FLAGS = ("series", "series-file", "release", "category")
+_SETTINGS_FLAGS = ("api-url", "api-key", "rate", "burst", "concurrency", "timeout", "max-attempts")
+
+
+def as_parameters(message: str) -> str:
+    """``--series-file`` → ``options.catalog.series_file``, ``--rate`` → ``settings.rate``, ``--start`` →
+    ``options.start``; ``'fredflow backfill'`` → the backfill flow."""
+    import re
+
+    def name(match: "re.Match[str]") -> str:
+        flag = match.group(1)
+        field = flag.replace("-", "_")
+        if flag in _CATALOG_FLAGS:
+            return f"options.catalog.{field}"
+        if flag in _SETTINGS_FLAGS:
+            return "api_key (or api_key_secret)" if flag == "api-key" else f"settings.{field}"
+        return f"options.{field}"
+
+    message = re.sub(r"(?<![\w-])--([a-z][a-z-]*)", name, message)
+    return message.replace("'fredflow backfill'", "the fredflow-backfill flow")
 
 
 class FatalRunError(FredflowError):
