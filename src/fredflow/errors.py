@@ -27,7 +27,13 @@ EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 class FredflowError(Exception):
-    """Base class for every error fredflow raises on purpose."""
+    """Base class for every error fredflow raises on purpose. Its text passes through
+    :func:`fredflow.redact.redact`: no api key survives in it, wherever it is shown or stored."""
+
+    def __init__(self, *args: object) -> None:
+        from .redact import redact
+
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class UsageError(FredflowError):
@@ -43,7 +49,7 @@ class FredError(FredflowError):
 
     def __init__(self, message: str, *, http_status: int | None = None) -> None:
         super().__init__(message)
-        self.message = message
+        self.message: str = self.args[0] if self.args else message  # redacted
         self.http_status = http_status
         self.attempts = 1  # set by the client to the attempts spent before giving up
 

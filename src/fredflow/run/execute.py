@@ -25,6 +25,20 @@ MIN_RATE_SPAN_S = 1.0  # a fetch phase shorter than this has no meaningful rate
 
 
 @dataclass(slots=True)
+class ActiveRun:
+    """The run this process is running, for what the CLI says when a signal stops it:
+    its id, its database, and whether its merge has already committed."""
+
+    run_id: str | None = None
+    db: str | None = None
+    committed: bool = False
+
+
+#: Set by :func:`run_pipeline` once the run is planned, and by :func:`finish_run` once it commits.
+ACTIVE_RUN = ActiveRun()
+
+
+@dataclass(slots=True)
 class RunSummary:
     """What a run did; ``exit_code`` is the CLI's: 0 all ingested, 3 some series failed."""
 
@@ -81,6 +95,7 @@ def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
     checkpoint("after-staging")
     plan.destination.merge(record, manifests, plan.staging.catalog_files, state=plan.state,
                            vintage_range=plan.vintage_range if plan.vintages else (None, None))
+    ACTIVE_RUN.committed = True
     plan.staging.remove()
     return summary
 
@@ -102,6 +117,7 @@ def run_pipeline(destination_lock, make_plan: Callable[[], RunPlan], fan_out: Fa
     """
     with destination_lock:  # one run at a time per database
         plan = make_plan()
+        ACTIVE_RUN.run_id, ACTIVE_RUN.db, ACTIVE_RUN.committed = plan.run_id, str(plan.db), False
         try:
             # progress counts series × windows of the batches still to fetch
             pending_units = sum(len(b) for b in plan.batches())
