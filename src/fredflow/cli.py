@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
 
     register_secret(getattr(args, "api_key", None))
     register_secret(os.environ.get("FRED_API_KEY"))
+    from . import redact as _redact
+
+    _redact.CONSOLE_TRACEBACKS = args.verbose  # -v keeps other libraries' tracebacks (redacted)
     install_log_redaction()
     _install_signal_handlers()
     try:

@@ -42,7 +42,12 @@ def redact(text: object) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """A handler filter: the formatted message of every record, redacted (its args folded in)."""
+    """A handler filter: the formatted message of every record, redacted (its args folded in).
+    ``tracebacks=False`` (the CLI's console): a record keeps its message and loses its traceback."""
+
+    def __init__(self, *, tracebacks: bool = True) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -52,7 +57,10 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
-        if record.exc_info and record.exc_info[1] is not None:
+        if not self.tracebacks:
+            record.msg, record.args = str(record.msg).split("\nTraceback", 1)[0], None
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        elif record.exc_info and record.exc_info[1] is not None:
             # tracebacks carry exception text too: keep the type, redact the text
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
@@ -60,14 +68,30 @@ class RedactingFilter(logging.Filter):
 
 
 _FILTER = RedactingFilter()
+_CONSOLE_FILTER = RedactingFilter(tracebacks=False)
+
+#: Set by the CLI: its console shows fredflow's one line for a failure, not other libraries' tracebacks.
+CONSOLE_TRACEBACKS = True
 
 
-def install_log_redaction(*logger_names: str) -> None:
-    """Put the redacting filter on every handler of the root logger and of ``logger_names``."""
-    for name in ("", *logger_names):
-        for handler in logging.getLogger(name or None).handlers:
-            if _FILTER not in handler.filters:
-                handler.addFilter(_FILTER)
+def install_log_redaction() -> None:
+    """Put the redacting filter on every handler of every logger configured so far (the root logger,
+    fredflow's, Prefect's console and API handlers, …): call again after a library sets up its logging.
+    A handler writing to the terminal also drops tracebacks when :data:`CONSOLE_TRACEBACKS` is off."""
+    import sys
+
+    loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
+                                       if isinstance(lg, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            console = isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
+                sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+            chosen = _CONSOLE_FILTER if console and not CONSOLE_TRACEBACKS else _FILTER
+            for old in (_FILTER, _CONSOLE_FILTER):
+                if old is not chosen and old in handler.filters:
+                    handler.removeFilter(old)
+            if chosen not in handler.filters:
+                handler.addFilter(chosen)
 
 
 __all__ = ["MASK", "RedactingFilter", "install_log_redaction", "redact", "register_secret"]

@@ -4,6 +4,7 @@ every task can reach (:mod:`~fredflow.runners.prefect.api_server`)."""
 from __future__ import annotations
 
 from ...options import RunOptions
+from ...redact import install_log_redaction
 from ...progress import Progress
 from ...run.execute import RunSummary
 from ...settings import Settings
@@ -32,6 +33,7 @@ class PrefectRunner:
 
     def execute(self, options: RunOptions, settings: Settings, progress: Progress) -> RunSummary:
         token = progress_var.set(progress)
+        install_log_redaction()  # Prefect's console and API log handlers, now that Prefect has set them up
         try:
             with prefect_api() as api_url:
                 if self.shape.dask_address:
