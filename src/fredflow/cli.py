@@ -15,22 +15,13 @@ from pathlib import Path
 
 import orjson
 
-from .errors import EXIT_FATAL, EXIT_USAGE, FatalRunError, FredflowError, UsageError
+from .errors import EXIT_FATAL, EXIT_USAGE, FatalRunError, FredflowError, Interrupted, UsageError
 from .redact import install_log_redaction, redact, register_secret
 
 log = logging.getLogger("fredflow")
 
 #: Exit codes on a signal, as a shell reports them: 128 + the signal number.
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: unwinds like Ctrl-C everywhere (asyncio, Prefect, DuckDB), so every ``finally``
-    runs (the merge rolls back, the temporary Prefect server and the Dask cluster stop)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def _on_signal(signum: int, frame) -> None:  # noqa: ANN001 - signal handler signature
@@ -40,6 +31,7 @@ def _on_signal(signum: int, frame) -> None:  # noqa: ANN001 - signal handler sig
     from .fetch import cancel_running_batches
 
     cancel_running_batches()  # batches on other threads (--runner thread) stop too
+    Interrupted.last_signum = signum
     raise Interrupted(signum)
 
 
@@ -55,7 +47,7 @@ def _interrupted_line(exc: KeyboardInterrupt, args: argparse.Namespace) -> tuple
     """The one line printed on SIGINT/SIGTERM, and the exit code (130 or 143)."""
     from .run.execute import ACTIVE_RUN
 
-    signum = getattr(exc, "signum", signal.SIGINT)
+    signum = getattr(exc, "signum", None) or Interrupted.last_signum or signal.SIGINT
     name = signal.Signals(signum).name
     run_id = ACTIVE_RUN.run_id or getattr(args, "run_id", None)
     db = ACTIVE_RUN.db or getattr(args, "db", None)
@@ -90,6 +82,16 @@ def _positive_float(text: str) -> float:
         value = -1.0
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 
@@ -150,6 +152,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch_size: bool = True
         parser.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
                             help="series per batch (default auto)")
     parser.add_argument("--staging-dir", type=Path, help="where runs stage files (default: beside the db)")
+    parser.add_argument("--lock-timeout", type=_non_negative_float, metavar="SECONDS",
+                        help="how long the merge waits for another program (a notebook) to release the "
+                             "database (default 300); then exit 1, the run resumable")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object with the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -225,7 +230,8 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
 
     given = dict(api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
                  concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts,
-                 max_retry_after=args.max_retry_after, max_body_bytes=args.max_body_bytes)
+                 max_retry_after=args.max_retry_after, max_body_bytes=args.max_body_bytes,
+                 lock_timeout=getattr(args, "lock_timeout", None))
     try:
         return Settings.from_env(**{**(stored or {}), **{k: v for k, v in given.items() if v is not None}})
     except ValueError as exc:  # pydantic validation

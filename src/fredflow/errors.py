@@ -36,6 +36,21 @@ class FredflowError(Exception):
         super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (raised by the CLI's signal handler): unwinds like Ctrl-C everywhere (asyncio,
+    Prefect, DuckDB), so every ``finally`` runs: the merge rolls back, the temporary Prefect server and the
+    Dask cluster stop, locks are released. The CLI exits 128 + ``signum`` (130, 143)."""
+
+    #: the last signal received in this process (a DuckDB query interrupted by it reports only "interrupted")
+    last_signum: int | None = None
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class UsageError(FredflowError):
     """Bad input from the user (dates, options, files). CLI exit code 2."""
 
