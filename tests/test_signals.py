@@ -129,9 +129,11 @@ def test_signal_exits_cleanly_and_resume_completes(tmp_path, slow_sim, prefect_h
 @pytest.mark.parametrize("runner", ["thread"])
 def test_hard_kill_of_the_parent_leaves_no_process(tmp_path, slow_sim, prefect_home, runner):
     """kill -9 of fredflow: no finally runs, yet the temporary Prefect server (and any Dask worker) goes."""
-    db, staging = tmp_path / "k.duckdb", tmp_path / "k.staging"
-    proc = _start(db, slow_sim, slow_sim.catalog.series_ids[:30], runner, _env(prefect_home))
-    _wait_for(lambda: len(list(staging.glob("*/batch-*.manifest.json"))) >= 1, "a staged batch", proc)
+    db = tmp_path / "k.duckdb"
+    marker = tmp_path / "paused"
+    proc = _start(db, slow_sim, slow_sim.catalog.series_ids[:30], runner,
+                  _env(prefect_home, FREDFLOW_PAUSE_AT="after-staging", FREDFLOW_PAUSE_FILE=str(marker)))
+    _wait_for(marker.exists, "every batch staged", proc)
     time.sleep(1.0)  # the watchdog has seen every child
     started = _descendants(proc.pid)
     assert len(started) >= 2, [p.cmdline() for p in started]  # the server and its watchdog
