@@ -144,7 +144,12 @@ log = logging.getLogger("fredflow")
 def _holder(exc: BaseException) -> str:
     """Who holds a DuckDB file, from DuckDB's lock error (it names the program and its pid)."""
     found = re.search(r"Conflicting lock is held in (\S+) \(PID (\d+)\)", str(exc))
-    return f" by {Path(found.group(1)).name} (pid {found.group(2)})" if found else ""
+    return f" ({Path(found.group(1)).name}, pid {found.group(2)})" if found else ""
+
+
+#: What DuckDB says when the disk is full or the folder unwritable (the merge's one-line error).
+_DISK_TROUBLE = re.compile(r"no space left|disk (is )?full|quota|permission denied|read-only file system|"
+                           r"could not write|could not (open|create|truncate|sync)|out of memory", re.I)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -165,7 +170,7 @@ def connect(db_path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyC
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise StoreBusy(
-                f"{db_path} is locked{_holder(exc)} by another process (another fredflow run, a notebook?); "
+                f"{db_path} is locked by another process{_holder(exc)} (another fredflow run, a notebook?); "
                 "wait for it to finish and retry"
             ) from None
         raise FatalRunError(f"cannot open {db_path}: {_first_line(exc)}") from None
@@ -400,7 +405,7 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                 con.rollback()
             if isinstance(exc, duckdb.InterruptException):  # SIGINT/SIGTERM during a query: exit as a signal
                 raise Interrupted(Interrupted.last_signum or signal.SIGINT) from None
-            if isinstance(exc, (duckdb.IOException, duckdb.OutOfMemoryException)):  # disk full, unwritable
+            if isinstance(exc, (duckdb.IOException, duckdb.OutOfMemoryException)) and _DISK_TROUBLE.search(str(exc)):
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise FatalRunError(
                     f"the merge into {db_path} failed and was rolled back ({reason}); the staged batches are "
