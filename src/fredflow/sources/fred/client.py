@@ -172,7 +172,7 @@ class FredClient:
 
     async def _request(self, endpoint: str, params: dict[str, Any], decode_body: Callable[[bytes], T]) -> T:
         """One logical request: send, decode, classify; retry what is worth retrying."""
-        failures = throttles = 0
+        failures = throttles = capped = 0  # capped: 429s whose Retry-After exceeded max_retry_after
         while True:
             try:
                 body = await self._get_once(endpoint, params)
@@ -190,17 +190,17 @@ class FredClient:
                 if excessive:
                     # a Retry-After beyond the cap (hours, inf) is not FRED pacing us: wait the cap, and
                     # count it against max_attempts, so a hostile upstream bounds the run's time
-                    failures += 1
+                    capped += 1
                     exc.retry_after = cap
                 if throttles >= self._settings.max_throttled_attempts or (
-                        excessive and failures >= self._settings.max_attempts):
+                        excessive and failures + capped >= self._settings.max_attempts):
                     exc.attempts = failures + throttles
                     raise
                 self.stats.retries += 1
                 await self._sleep(min(cap, self._limiter.throttled(exc.retry_after)))
             except TransientError as exc:
                 failures += 1
-                if failures >= self._settings.max_attempts:
+                if failures + capped >= self._settings.max_attempts:
                     exc.attempts = failures + throttles
                     raise
                 self.stats.retries += 1
