@@ -87,6 +87,15 @@ def _db_unchanged(db: Path) -> None:
 @pytest.mark.parametrize("where", ["fetch", "merge"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_exits_cleanly_and_resume_completes(tmp_path, slow_sim, prefect_home, runner, where, signum):
+    _signal_case(tmp_path, slow_sim, prefect_home, runner, where, signum)
+
+
+def test_sigterm_on_dask_stops_workers_and_server(tmp_path, slow_sim, prefect_home):
+    """The Dask runner (a local cluster of worker processes): one case, the costliest to start."""
+    _signal_case(tmp_path, slow_sim, prefect_home, "dask", "fetch", signal.SIGTERM)
+
+
+def _signal_case(tmp_path, slow_sim, prefect_home, runner, where, signum):
     db, staging = tmp_path / "s.duckdb", tmp_path / "s.staging"
     ids = slow_sim.catalog.series_ids[:30]
     if where == "merge":
@@ -97,6 +106,8 @@ def test_signal_exits_cleanly_and_resume_completes(tmp_path, slow_sim, prefect_h
     else:
         proc = _start(db, slow_sim, ids, runner, _env(prefect_home))
         _wait_for(lambda: len(list(staging.glob("*/batch-*.manifest.json"))) >= 1, "a staged batch", proc)
+    if runner == "dask":
+        time.sleep(1.0)  # every worker process up
     started = _descendants(proc.pid)
     if runner != "asyncio":
         assert started, "the Prefect runner started no temporary server?"
