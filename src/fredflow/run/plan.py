@@ -12,7 +12,6 @@ that succeeds is on disk before any batch is fetched, so a killed run can be res
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import secrets
 import time

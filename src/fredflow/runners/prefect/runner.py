@@ -4,8 +4,8 @@ every task can reach (:mod:`~fredflow.runners.prefect.api_server`)."""
 from __future__ import annotations
 
 from ...options import RunOptions
-from ...redact import install_log_redaction
 from ...progress import Progress
+from ...redact import install_log_redaction
 from ...run.execute import RunSummary
 from ...settings import Settings
 from .api_server import point_cluster_at_api, prefect_api
