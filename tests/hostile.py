@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ class HostileServer:
     mode: str
     n_series: int = 4
     requests: Counter = field(default_factory=Counter)
+    first_request_at: float | None = None  # time.monotonic() of the first request (after start-up)
     evil_requests: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -87,6 +89,8 @@ class HostileServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         endpoint, mode, query = request.match_info["endpoint"], self.mode, request.query
         self.requests[endpoint] += 1
+        if self.first_request_at is None:
+            self.first_request_at = time.monotonic()
         assert query.get("api_key") == HOSTILE_KEY
         echo = f"<html><body><h1>ERROR</h1><p>While trying to retrieve the URL: {request.url}</p>" \
                f"<p>query api_key={query.get('api_key')}</p></body></html>"

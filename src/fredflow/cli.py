@@ -392,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import os
 
+    # Dask's worker processes leave semaphores to multiprocessing's resource tracker; after a signal its
+    # "leaked semaphore" warning would print after fredflow's last line
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
     register_secret(getattr(args, "api_key", None))
     register_secret(os.environ.get("FRED_API_KEY"))
     from . import redact as _redact
