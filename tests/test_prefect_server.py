@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import date
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -341,7 +340,7 @@ def test_artifacts_hold_the_runs_real_figures(server, worker_runs, sim):
     result = count(partial["db"], "SELECT run_id, n_rows, requests, retries, throttled FROM ingest_runs")[0]
     run_id, n_rows, requests, retries, throttled = result
     markdown = by_run[partial["run"].id].data
-    for line in (f"| status | **partial**: 1 series failed |", f"| rows | {n_rows:,} |",
+    for line in ("| status | **partial**: 1 series failed |", f"| rows | {n_rows:,} |",
                  f"| requests | {requests:,} |", f"| retries | {retries:,} |", f"| 429s | {throttled:,} |",
                  f"| run id | `{run_id}` |", "| catalog | 15 series |", "| mode | incremental (15 of 15 catalog",
                  "| runner | dask (1 workers × 2 threads) |", "| utilization |", "| seconds |"):

@@ -8,19 +8,61 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from datetime import date
 from pathlib import Path
 
 import orjson
 
-from .errors import EXIT_FATAL, EXIT_USAGE, FatalRunError, FredflowError, UsageError
+from .errors import EXIT_FATAL, EXIT_USAGE, FatalRunError, FredflowError, Interrupted, UsageError
+from .redact import install_log_redaction, redact, register_secret
 from .warehouse.cli import add_show_parser, cmd_show
 
 log = logging.getLogger("fredflow")
 
 #: ``fredflow serve``'s deployment: its own name, so it never takes over prefect.yaml's work-pool deployments.
 SERVE_DEPLOYMENT = "fredflow-serve"
+
+#: Exit codes on a signal, as a shell reports them: 128 + the signal number.
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+def _on_signal(signum: int, frame) -> None:  # noqa: ANN001 - signal handler signature
+    # Prefect logs a crashed flow and its tasks with tracebacks: the one line fredflow prints speaks for them
+    for name in ("prefect", "distributed"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    from .fetch import cancel_running_batches
+
+    cancel_running_batches()  # batches on other threads (--runner thread) stop too
+    Interrupted.last_signum = signum
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> None:
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _on_signal)
+
+
+def _interrupted_line(exc: KeyboardInterrupt, args: argparse.Namespace) -> tuple[str, int]:
+    """The one line printed on SIGINT/SIGTERM, and the exit code (130 or 143)."""
+    from .run.execute import ACTIVE_RUN
+
+    signum = getattr(exc, "signum", None) or Interrupted.last_signum or signal.SIGINT
+    name = signal.Signals(signum).name
+    run_id = ACTIVE_RUN.run_id or getattr(args, "run_id", None)
+    db = ACTIVE_RUN.db or getattr(args, "db", None)
+    if ACTIVE_RUN.committed:
+        text = f"interrupted ({name}) after run {run_id} committed; its data is in {db}"
+    elif run_id:
+        text = (f"interrupted ({name}); run {run_id} was not committed, its staged batches are kept: "
+                f"finish it with 'fredflow resume {run_id} --db {db}'")
+    else:
+        text = f"interrupted ({name}) before the run was planned; nothing was committed"
+    return f"fredflow: {text}\n", EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +86,16 @@ def _positive_float(text: str) -> float:
         value = -1.0
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 
@@ -73,6 +125,11 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=_positive_int, help="requests in flight for the whole run (default 8)")
     parser.add_argument("--timeout", type=_positive_float, help="seconds before a request is retried (default 30)")
     parser.add_argument("--max-attempts", type=_positive_int, help="attempts per request on 5xx/timeouts (default 5)")
+    parser.add_argument("--max-retry-after", type=_positive_float, metavar="SECONDS",
+                        help="longest wait a 429's Retry-After may ask (default 60); a longer one waits this "
+                             "and counts against --max-attempts")
+    parser.add_argument("--max-body-bytes", type=_positive_int, metavar="N",
+                        help="largest response body read (default 64 MiB); a longer one is a format error")
 
 
 def _add_db_and_catalog(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +156,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch_size: bool = True
         parser.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
                             help="series per batch (default auto)")
     parser.add_argument("--staging-dir", type=Path, help="where runs stage files (default: beside the db)")
+    parser.add_argument("--lock-timeout", type=_non_negative_float, metavar="SECONDS",
+                        help="how long the merge waits for another program (a notebook) to release the "
+                             "database (default 300); then exit 1, the run resumable")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object with the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -187,7 +247,9 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
     from .settings import Settings
 
     given = dict(api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
-                 concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts)
+                 concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts,
+                 max_retry_after=args.max_retry_after, max_body_bytes=args.max_body_bytes,
+                 lock_timeout=getattr(args, "lock_timeout", None))
     try:
         return Settings.from_env(**{**(stored or {}), **{k: v for k, v in given.items() if v is not None}})
     except ValueError as exc:  # pydantic validation
@@ -221,9 +283,9 @@ def _execute(args: argparse.Namespace, settings=None, **run) -> int:
             progress=for_terminal(quiet=args.quiet or args.json and not sys.stderr.isatty()),
             **_runner_options(args), **run,
         )
-    except FatalRunError as exc:
-        if args.json:
-            sys.stdout.write(orjson.dumps({"status": "failed", "error": str(exc)}).decode() + "\n")
+    except FredflowError as exc:
+        if args.json and not isinstance(exc, UsageError):
+            sys.stdout.write(orjson.dumps({"status": "failed", "error": redact(exc)}).decode() + "\n")
         raise
     if args.json:
         sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
@@ -380,6 +442,7 @@ def cmd_changes(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    called_as_program = argv is None  # the console script: a signal may end the process at once
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sim"]:
         from .sim.__main__ import main as sim_main
@@ -394,22 +457,45 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "asyncio", "distributed", "prefect"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import os
+
+    # Dask's worker processes leave semaphores to multiprocessing's resource tracker; after a signal its
+    # "leaked semaphore" warning would print after fredflow's last line
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
+    register_secret(getattr(args, "api_key", None))
+    register_secret(os.environ.get("FRED_API_KEY"))
+    from . import redact as _redact
+
+    _redact.CONSOLE_TRACEBACKS = args.verbose  # -v keeps other libraries' tracebacks (redacted)
+    install_log_redaction()
+    _install_signal_handlers()
     try:
         commands = {"ingest": cmd_ingest, "backfill": cmd_backfill, "resume": cmd_resume, "runs": cmd_runs,
                     "serve": cmd_serve, "show": cmd_show, "changes": cmd_changes}
         return commands[args.command](args)
     except UsageError as exc:
-        sys.stderr.write(f"fredflow: error: {exc}\n")
+        sys.stderr.write(f"fredflow: error: {redact(exc)}\n")
         return EXIT_USAGE
     except FatalRunError as exc:
-        sys.stderr.write(f"fredflow: fatal: {exc} (nothing was committed)\n")
+        sys.stderr.write(f"fredflow: fatal: {redact(exc)} (nothing was committed)\n")
         return EXIT_FATAL
     except FredflowError as exc:
-        sys.stderr.write(f"fredflow: fatal: {exc}\n")
+        sys.stderr.write(f"fredflow: fatal: {redact(exc)}\n")
         return EXIT_FATAL
-    except KeyboardInterrupt:
-        sys.stderr.write("fredflow: interrupted; nothing was committed\n")
-        return 130
+    except KeyboardInterrupt as exc:
+        line, code = _interrupted_line(exc, args)
+        sys.stderr.write(redact(line))
+        if called_as_program:
+            # every finally has run (merge rolled back, Prefect server and cluster stopped, locks released);
+            # do not wait at interpreter exit for threads still draining a request
+            sys.stdout.flush()
+            sys.stderr.flush()
+            import os as _os
+
+            _os._exit(code)
+        return code
+    finally:
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

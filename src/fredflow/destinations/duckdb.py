@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import re
+import signal
+import time
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -30,7 +35,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import duckdb
 import pyarrow as pa
 
-from ..errors import FatalRunError, StoreBusy
+from ..errors import FatalRunError, Interrupted, StoreBusy
 from ..staging import BatchManifest, LockHeld, PidLock
 from ..state import SeriesState, StateUpdate
 from ..testing.failpoints import checkpoint
@@ -153,9 +158,31 @@ class RunRecord:
     n_added: int = 0
 
 
+log = logging.getLogger("fredflow")
+
+
+def _holder(exc: BaseException) -> str:
+    """Who holds a DuckDB file, from DuckDB's lock error (it names the program and its pid)."""
+    found = re.search(r"Conflicting lock is held in (\S+) \(PID (\d+)\)", str(exc))
+    return f" ({Path(found.group(1)).name}, pid {found.group(2)})" if found else ""
+
+
+#: What DuckDB says when the disk is full or the folder unwritable (the merge's one-line error).
+_DISK_TROUBLE = re.compile(r"no space left|disk (is )?full|quota|permission denied|read-only file system|"
+                           r"could not write|could not (open|create|truncate|sync)|out of memory", re.I)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def connect(db_path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the database; a file locked by another process becomes :class:`StoreBusy` with a clear message."""
+    """Open the database; a file locked by another process becomes :class:`StoreBusy` with a clear message,
+    a path that is not a usable DuckDB file (a directory, a text file, unwritable) a one-line :class:`FatalRunError`."""
     db_path = Path(db_path)
+    if db_path.is_dir():
+        raise FatalRunError(f"--db {db_path} is a directory, not a DuckDB file")
     try:
         if not read_only:
             db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,9 +190,36 @@ def connect(db_path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyC
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise StoreBusy(
-                f"{db_path} is locked by another process (another fredflow run?); wait for it to finish and retry"
+                f"{db_path} is locked by another process{_holder(exc)} (another fredflow run, a notebook?); "
+                "wait for it to finish and retry"
             ) from None
-        raise
+        raise FatalRunError(f"cannot open {db_path}: {_first_line(exc)}") from None
+    except OSError as exc:
+        raise FatalRunError(f"cannot open {db_path}: {exc.strerror or exc}") from None
+    except duckdb.Error as exc:
+        raise FatalRunError(f"cannot open {db_path} as a DuckDB database: {_first_line(exc)}") from None
+
+
+def connect_for_merge(db_path: str | Path, *, timeout: float, run_id: str) -> duckdb.DuckDBPyConnection:
+    """A read-write connection for the merge, waiting up to ``timeout`` s for DuckDB's write lock (another
+    program holding the file: a notebook, a dashboard, the duckdb CLI). Says once who holds it; on timeout
+    a :class:`StoreBusy` naming the run and the ``fredflow resume`` command (the staged batches are kept)."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            return connect(db_path)
+        except StoreBusy as busy:
+            if time.monotonic() >= deadline:
+                raise StoreBusy(
+                    f"{db_path} is still locked by another process after --lock-timeout {timeout:g}s "
+                    f"({busy}); run {run_id} was not committed, its staged batches are kept: "
+                    f"'fredflow resume {run_id} --db {db_path}' once the database is free"
+                ) from None
+            if not said:
+                log.warning("waiting up to %gs for the write lock on %s: %s", timeout, db_path, busy)
+                said = True
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 @contextlib.contextmanager
@@ -194,18 +248,63 @@ def run_lock(db_path: str | Path) -> Iterator[None]:
         raise FatalRunError(f"cannot create the run lock {lock.path}: {exc.strerror or exc}") from None
     try:
         if db_path.exists():
-            connect(db_path).close()
+            check_database(db_path)
         yield
     finally:
         lock.release()
 
 
+#: Columns of fredflow's tables, from :data:`SCHEMA_SQL` (columns added by later versions are optional).
+_TABLE_COLUMNS = {
+    table: [line.split()[0] for line in body.strip().splitlines() if line.strip() and not line.strip().startswith("--")]
+    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\);", SCHEMA_SQL, re.S)
+}
+
+
+def check_database(db_path: str | Path) -> None:
+    """Before a run fetches anything: ``db_path`` opens read-only as a DuckDB file (a writer holding it
+    is :class:`StoreBusy`; a reader such as a notebook is fine: the merge waits for it), and its
+    fredflow tables have fredflow's columns (:class:`FatalRunError` naming the mismatch: nothing is
+    written to a file fredflow does not recognise). A file with only other tables is told so."""
+    db_path = Path(db_path)
+    if db_path.is_file() and not os.access(db_path, os.W_OK):
+        raise FatalRunError(f"{db_path} is read-only: fredflow cannot merge into it")
+    con = connect(db_path, read_only=True)
+    try:
+        rows = con.execute("SELECT table_name, column_name FROM information_schema.columns "
+                           "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position").fetchall()
+    finally:
+        con.close()
+    found: dict[str, list[str]] = {}
+    for table, column in rows:
+        found.setdefault(table, []).append(column)
+    ours = [t for t in _TABLE_COLUMNS if t in found]
+    for table in ours:
+        optional = {(t, c) for t, c, _ in _ADDED_COLUMNS}
+        wanted = [c for c in _TABLE_COLUMNS[table] if (table, c) not in optional or c in found[table]]
+        if found[table] != wanted:
+            missing = [c for c in wanted if c not in found[table]]
+            extra = [c for c in found[table] if c not in wanted]
+            detail = "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
+                                             f"unexpected {', '.join(extra)}" if extra else "",
+                                             "columns in another order" if not (missing or extra) else ""]))
+            raise FatalRunError(
+                f"{db_path} has a table {table} that is not fredflow's ({detail}): use another --db, "
+                "or rename that table; nothing was written to the file")
+    if found and not ours:
+        log.info("%s holds no fredflow tables (only %s): fredflow will add its tables (%s) beside them",
+                 db_path, ", ".join(sorted(found)), ", ".join(_TABLE_COLUMNS))
+
+
+#: Columns added after a table's first version: databases from before them get them on the next merge.
+_ADDED_COLUMNS = (("ingest_runs", "n_catalog", "INTEGER"), ("ingest_runs", "n_unchanged", "INTEGER"),
+                  ("series_state", "checked_through", "TIMESTAMPTZ"), ("ingest_runs", "n_revised", "BIGINT"),
+                  ("ingest_runs", "n_deleted", "BIGINT"), ("ingest_runs", "n_added", "BIGINT"))
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA_SQL)
-    for table, column, kind in (("ingest_runs", "n_catalog", "INTEGER"), ("ingest_runs", "n_unchanged", "INTEGER"),
-                                ("series_state", "checked_through", "TIMESTAMPTZ"),
-                                ("ingest_runs", "n_revised", "BIGINT"), ("ingest_runs", "n_deleted", "BIGINT"),
-                                ("ingest_runs", "n_added", "BIGINT")):  # databases from before these
+    for table, column, kind in _ADDED_COLUMNS:  # databases from before these
         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
@@ -263,7 +362,7 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
               vintage_range: tuple[date | None, date | None] = (None, None),
               slices: Sequence[tuple[str, date | None, date | None]] | None = None,
               vintage_starts: Sequence[tuple[str, date]] = (), vintages: bool = False,
-              memory_limit: str | None = "512MB") -> dict[str, int]:
+              memory_limit: str | None = "512MB", lock_timeout: float = 0.0) -> dict[str, int]:
     """Merge every staged file of a run and record the run, in ONE transaction.
 
     ``state``: the run fetched its series through their latest observation, so
@@ -298,13 +397,13 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
     # a series counts as ingested only if no batch of it failed (a backfill has one per window)
     succeeded = sorted({sid for m in manifests for sid in m.succeeded} - {f.series_id for f in failures})
 
-    con = connect(db_path)
+    con = connect_for_merge(db_path, timeout=lock_timeout, run_id=record.run_id)
     try:
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
-        ensure_schema(con)
         con.begin()
         try:
+            ensure_schema(con)  # inside the transaction: a failed merge leaves no fredflow table behind
             ok = set(succeeded)
             replaced = [(sid, lo, hi) for sid, lo, hi in (slices or ()) if sid in ok]
             if replaced:
@@ -370,8 +469,17 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                 )
             checkpoint("merge-before-commit")
             con.commit()
-        except BaseException:
-            con.rollback()
+        except BaseException as exc:
+            with contextlib.suppress(duckdb.Error):  # a failed or interrupted statement may have ended it already
+                con.rollback()
+            if isinstance(exc, duckdb.InterruptException):  # SIGINT/SIGTERM during a query: exit as a signal
+                raise Interrupted(Interrupted.last_signum or signal.SIGINT) from None
+            if isinstance(exc, (duckdb.IOException, duckdb.OutOfMemoryException)) and _DISK_TROUBLE.search(str(exc)):
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise FatalRunError(
+                    f"the merge into {db_path} failed and was rolled back ({reason}); the staged batches are "
+                    f"kept: free space or fix the folder, then 'fredflow resume {record.run_id} --db {db_path}'"
+                ) from None
             raise
     finally:
         con.close()
@@ -549,11 +657,12 @@ class DuckDBDestination:
     ``benchmarks/merge_strategies.py``).
     """
 
-    __slots__ = ("path", "memory_limit")
+    __slots__ = ("path", "memory_limit", "lock_timeout")
 
-    def __init__(self, path: str | Path, *, memory_limit: str | None = "512MB") -> None:
+    def __init__(self, path: str | Path, *, memory_limit: str | None = "512MB", lock_timeout: float = 300.0) -> None:
         self.path = Path(path).absolute()
         self.memory_limit = memory_limit
+        self.lock_timeout = lock_timeout
 
     def __repr__(self) -> str:
         return f"DuckDBDestination({str(self.path)!r})"
@@ -582,7 +691,7 @@ class DuckDBDestination:
         """Every staged file of a run and its record, in ONE transaction (see :func:`merge_run`)."""
         return merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
                          slices=slices, vintage_starts=vintage_starts, vintages=vintages,
-                         memory_limit=self.memory_limit)
+                         memory_limit=self.memory_limit, lock_timeout=self.lock_timeout)
 
     def read_vintage_state(self) -> dict[str, SeriesState]:
         return read_vintage_state(self.path)

@@ -26,6 +26,20 @@ MIN_RATE_SPAN_S = 1.0  # a fetch phase shorter than this has no meaningful rate
 
 
 @dataclass(slots=True)
+class ActiveRun:
+    """The run this process is running, for what the CLI says when a signal stops it:
+    its id, its database, and whether its merge has already committed."""
+
+    run_id: str | None = None
+    db: str | None = None
+    committed: bool = False
+
+
+#: Set by :func:`run_pipeline` once the run is planned, and by :func:`finish_run` once it commits.
+ACTIVE_RUN = ActiveRun()
+
+
+@dataclass(slots=True)
 class RunSummary:
     """What a run did; ``exit_code`` is the CLI's: 0 all ingested, 3 some series failed."""
 
@@ -89,6 +103,7 @@ def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
                                     slices=plan.replaced_slices(), vintage_starts=plan.vintage_starts(),
                                     vintages=plan.vintages)
     summary.n_revised, summary.n_deleted, summary.n_added = counts["n_revised"], counts["n_deleted"], counts["n_added"]
+    ACTIVE_RUN.committed = True
     plan.staging.remove()
     return summary
 
@@ -110,6 +125,7 @@ def run_pipeline(destination_lock: AbstractContextManager[None], make_plan: Call
     """
     with destination_lock:  # one run at a time per database
         plan = make_plan()
+        ACTIVE_RUN.run_id, ACTIVE_RUN.db, ACTIVE_RUN.committed = plan.run_id, str(plan.db), False
         try:
             # progress counts series × windows of the batches still to fetch
             pending_units = sum(len(b) for b in plan.batches())

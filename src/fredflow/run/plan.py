@@ -11,6 +11,7 @@ that succeeds is on disk before any batch is fetched, so a killed run can be res
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -268,7 +269,8 @@ def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhe
     if options.resume is not None:
         return resume_plan(options, settings)
     require_key(settings)
-    destination = DuckDBDestination(options.db, memory_limit=settings.merge_memory_limit)
+    destination = DuckDBDestination(options.db, memory_limit=settings.merge_memory_limit,
+                                    lock_timeout=settings.lock_timeout)
     mode, run_id = options.mode, new_run_id()
     parameters = options.parameters(settings.public_dict())
     root = staging_root_for(destination.path, options.staging_dir)
@@ -341,7 +343,8 @@ def resume_plan(options: RunOptions, settings: Settings) -> RunPlan:
     that is still running, one already committed, and (unless ``force``) one
     older than a run committed since, whose merge would roll newer data back.
     """
-    destination = DuckDBDestination(options.db, memory_limit=settings.merge_memory_limit)
+    destination = DuckDBDestination(options.db, memory_limit=settings.merge_memory_limit,
+                                    lock_timeout=settings.lock_timeout)
     run_id = options.resume
     root = staging_root_for(destination.path, options.staging_dir)
     staging = RunStaging(root, run_id)
@@ -431,6 +434,10 @@ def resumable_runs(db: str | Path, staging_dir: str | Path | None = None) -> lis
     for staging in folders:
         if staging.run_id in committed or not staging.has("run.json"):
             continue
+        with contextlib.suppress(OSError, ValueError):  # runs of another database sharing this staging dir
+            other = staging.read_run_info().get("db")
+            if other and DuckDBDestination(other).path != destination.path:
+                continue
         staged = len(staging.manifest_names())
         try:
             doc = staging.read_plan()
