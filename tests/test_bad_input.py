@@ -66,13 +66,27 @@ def test_db_that_is_not_a_duckdb_file_is_one_line(tmp_path, sim, kind):
         assert db.read_text() == "not a database\n"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only files")
 def test_read_only_db_is_one_line(tmp_path, sim, settings_for):
-    db = tmp_path / "x.duckdb"
-    ingest(db, CatalogSpec(series=tuple(sim.catalog.series_ids[:1])), settings=settings_for(sim))
-    db.chmod(0o444)
-    done = _cli(tmp_path, sim, "ingest", "--db", str(db), "--series", ",".join(sim.catalog.series_ids[:2]))
-    assert done.returncode == 1 and "read-only" in _one_line(done.stderr)
+    """A database fredflow may not write: a 0444 file, or (as root, who ignores permission bits) a file on a
+    read-only mount."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    db = folder / "x.duckdb"
+    try:
+        ingest(db, CatalogSpec(series=tuple(sim.catalog.series_ids[:1])), settings=settings_for(sim))
+        before = db.read_bytes()
+        if mounted:
+            assert subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True).returncode == 0
+        else:
+            db.chmod(0o444)
+        done = _cli(tmp_path, sim, "ingest", "--db", str(db), "--series", ",".join(sim.catalog.series_ids[:2]))
+        assert done.returncode == 1 and "read-only" in _one_line(done.stderr).lower(), done.stderr
+        assert db.read_bytes() == before
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def test_foreign_observations_table_names_the_mismatch_and_writes_nothing(tmp_path, sim):

@@ -281,7 +281,8 @@ def check_database(db_path: str | Path) -> None:
     ours = [t for t in _TABLE_COLUMNS if t in found]
     for table in ours:
         optional = {(t, c) for t, c, _ in _ADDED_COLUMNS}
-        wanted = [c for c in _TABLE_COLUMNS[table] if (table, c) not in optional or c in found[table]]
+        added_later = [c for t, c, _ in _ADDED_COLUMNS if t == table and c not in _TABLE_COLUMNS[table]]
+        wanted = [c for c in _TABLE_COLUMNS[table] + added_later if (table, c) not in optional or c in found[table]]
         if found[table] != wanted:
             missing = [c for c in wanted if c not in found[table]]
             extra = [c for c in found[table] if c not in wanted]
