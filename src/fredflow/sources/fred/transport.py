@@ -145,10 +145,21 @@ class HandlerTransport:
         pass
 
 
+#: A whole request (pool wait, connect, every read) is bounded at this many times ``timeout``.
+TOTAL_TIMEOUT_FACTOR = 4
+
+
 def new_session(timeout: float, concurrency: int) -> aiohttp.ClientSession:
-    """An aiohttp session with at most ``concurrency`` connections and a total ``timeout`` per request."""
+    """An aiohttp session with at most ``concurrency`` connections.
+
+    ``timeout`` bounds connecting and each wait for the server's next bytes: a server that hangs
+    times out after ``timeout``. Waiting for a free connection of the pool does not count against it
+    (a request queued behind slow ones must not time out unsent, or just after sending, while FRED
+    counts it), but the whole request is still bounded, at :data:`TOTAL_TIMEOUT_FACTOR` × ``timeout``.
+    """
     return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=timeout),
+        timeout=aiohttp.ClientTimeout(total=TOTAL_TIMEOUT_FACTOR * timeout, sock_connect=timeout,
+                                      sock_read=timeout),
         connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300),
         raise_for_status=False,
     )
