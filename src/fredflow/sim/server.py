@@ -1302,6 +1302,11 @@ def build_app(config: SimConfig, **clocks: Callable[[], float]) -> web.Applicati
     """The simulator as an aiohttp application (state in ``app[SIMULATOR_KEY]``);
     ``clocks``: ``monotonic``/``wall`` for :class:`FredSimulator` (tests)."""
     sim = FredSimulator(config, **clocks)
+    if sim.catalog.series_ids:
+        # Build one series' data now: the first build imports what pyarrow's conversions load lazily
+        # (pandas, when installed: ~1-3 s). Done inside the first request, it would stall the event loop
+        # and every request of the client's first second behind it (clients time out on 429s).
+        sim.catalog.series_data(sim.catalog.series_ids[0])
     app = web.Application()
     app[SIMULATOR_KEY] = sim
     app.router.add_get("/fred/{endpoint:.+}", sim.handle_fred)
