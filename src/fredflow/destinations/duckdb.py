@@ -455,7 +455,7 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                     {"files": series_files, "succeeded": succeeded, "run_id": record.run_id},
                 )
             if state is not None and vintages:
-                _update_vintage_state(con, state, succeeded, record.run_id)
+                _update_state(con, state, succeeded, record.run_id, "vintage_state")
             elif state is not None:
                 _update_state(con, state, succeeded, record.run_id)
             row = asdict(record)
@@ -549,54 +549,38 @@ def _stitch_vintages(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
     con.execute("DROP TABLE _continued")
 
 
-def _update_vintage_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str],
-                          run_id: str) -> None:
+#: Per-series state tables: the column holding the newest stored date, and where it comes from.
+_STATE_TABLES = {
+    "series_state": ("last_observation_date", "max(date)", "observations"),
+    "vintage_state": ("last_vintage_date", "max(realtime_start)", "vintages"),
+}
+
+
+def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str], run_id: str,
+                  table: str = "series_state") -> None:
+    """Write ``table`` (``series_state`` or ``vintage_state``) for the series the run fetched, and move the
+    ``checked_through`` of the ones it judged unchanged; ``state.reset`` forgets series first."""
+    newest_column, newest, source = _STATE_TABLES[table]
     if state.reset:
-        con.execute("DELETE FROM vintage_state WHERE series_id IN (SELECT unnest($ids))", {"ids": list(state.reset)})
+        con.execute(f"DELETE FROM {table} WHERE series_id IN (SELECT unnest($ids))", {"ids": list(state.reset)})
     if succeeded:
         con.execute(
-            """
-            INSERT INTO vintage_state
-            SELECT s.series_id, s.last_updated, v.newest, $run_id, now(), $checked
+            f"""
+            INSERT INTO {table}
+            SELECT s.series_id, s.last_updated, n.newest, $run_id, now(), $checked
             FROM series s
-            LEFT JOIN (SELECT series_id, max(realtime_start) AS newest FROM vintages
-                       WHERE series_id IN (SELECT unnest($succeeded)) GROUP BY series_id) v USING (series_id)
+            LEFT JOIN (SELECT series_id, {newest} AS newest FROM {source}
+                       WHERE series_id IN (SELECT unnest($succeeded)) GROUP BY series_id) n USING (series_id)
             WHERE s.series_id IN (SELECT unnest($succeeded))
             ON CONFLICT (series_id) DO UPDATE SET
-                last_updated = excluded.last_updated, last_vintage_date = excluded.last_vintage_date,
+                last_updated = excluded.last_updated, {newest_column} = excluded.{newest_column},
                 last_run_id = excluded.last_run_id, last_success_at = excluded.last_success_at,
                 checked_through = excluded.checked_through
             """,
             {"succeeded": succeeded, "run_id": run_id, "checked": state.checked_through},
         )
     if state.unchanged and state.checked_through is not None:
-        con.execute("UPDATE vintage_state SET checked_through = $checked WHERE series_id IN (SELECT unnest($ids))",
-                    {"checked": state.checked_through, "ids": list(state.unchanged)})
-
-
-def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded: list[str], run_id: str) -> None:
-    if state.reset:
-        con.execute("DELETE FROM series_state WHERE series_id IN (SELECT unnest($ids))", {"ids": list(state.reset)})
-    if succeeded:
-        con.execute(
-            """
-            INSERT INTO series_state
-            SELECT s.series_id, s.last_updated, o.last_date, $run_id, now(), $checked
-            FROM series s
-            LEFT JOIN (SELECT series_id, max(date) AS last_date FROM observations
-                       WHERE series_id IN (SELECT unnest($succeeded)) GROUP BY series_id) o
-                   USING (series_id)
-            WHERE s.series_id IN (SELECT unnest($succeeded))
-            ON CONFLICT (series_id) DO UPDATE SET
-                last_updated = excluded.last_updated,
-                last_observation_date = excluded.last_observation_date,
-                last_run_id = excluded.last_run_id, last_success_at = excluded.last_success_at,
-                checked_through = excluded.checked_through
-            """,
-            {"succeeded": succeeded, "run_id": run_id, "checked": state.checked_through},
-        )
-    if state.unchanged and state.checked_through is not None:
-        con.execute("UPDATE series_state SET checked_through = $checked WHERE series_id IN (SELECT unnest($ids))",
+        con.execute(f"UPDATE {table} SET checked_through = $checked WHERE series_id IN (SELECT unnest($ids))",
                     {"checked": state.checked_through, "ids": list(state.unchanged)})
 
 
