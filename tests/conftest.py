@@ -37,6 +37,13 @@ def settings_for():
     return make
 
 
+@pytest.fixture(autouse=True)
+def _isolated_key_budgets(tmp_path_factory, monkeypatch):
+    """Each test's runs share a key's budget (fredflow.ratelimit.budget) only among themselves: a test that
+    provoked 429s must not slow the next one on the same simulator and key."""
+    monkeypatch.setenv("FREDFLOW_BUDGET_DIR", str(tmp_path_factory.mktemp("budgets")))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_prefect_home(tmp_path_factory):
     """Prefect's files (its run database) go to a temporary PREFECT_HOME, never ~/.prefect."""

@@ -130,6 +130,15 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
                              "and counts against --max-attempts")
     parser.add_argument("--max-body-bytes", type=_positive_int, metavar="N",
                         help="largest response body read (default 64 MiB); a longer one is a format error")
+    parser.add_argument("--key-budget", choices=("machine", "run"),
+                        help="machine (default): share the api key's rate with every fredflow run on this machine; "
+                             "run: pace this run alone")
+    parser.add_argument("--budget-dir", metavar="DIR",
+                        help="where the per-key budget files live (env FREDFLOW_BUDGET_DIR; default "
+                             "$XDG_RUNTIME_DIR/fredflow or ~/.cache/fredflow/budgets)")
+    parser.add_argument("--prefect-limit", metavar="NAME",
+                        help="also draw every request from this Prefect global concurrency limit (create it: "
+                             "prefect gcl create NAME --limit 2 --slot-decay-per-second 2; needs PREFECT_API_URL)")
 
 
 def _add_db_and_catalog(parser: argparse.ArgumentParser) -> None:
@@ -249,7 +258,8 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
     given = dict(api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
                  concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts,
                  max_retry_after=args.max_retry_after, max_body_bytes=args.max_body_bytes,
-                 lock_timeout=getattr(args, "lock_timeout", None))
+                 lock_timeout=getattr(args, "lock_timeout", None), key_budget=args.key_budget,
+                 budget_dir=args.budget_dir, prefect_limit=args.prefect_limit)
     try:
         return Settings.from_env(**{**(stored or {}), **{k: v for k, v in given.items() if v is not None}})
     except ValueError as exc:  # pydantic validation

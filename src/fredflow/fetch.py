@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import aiohttp
 
 from .errors import FatalRunError, FredError
-from .ratelimit.local import AdaptiveLimiter, Limiter
-from .ratelimit.service import RemoteLimiter
+from .ratelimit.budget import schedule_for
+from .ratelimit.local import Limiter
+from .ratelimit.service import RemoteLimiter, ScheduleLimiter
 from .run.batches import Batch
 from .settings import Settings
 from .sources.fred.client import FredClient, RequestStats, new_session
@@ -59,7 +60,7 @@ class FetchContext:
         """Pacing for everything on this event loop: the run's whole rate and concurrency (the asyncio runner)."""
         return cls(
             settings=settings,
-            limiter=AdaptiveLimiter(settings.rate, settings.burst),
+            limiter=ScheduleLimiter(schedule_for(settings)),  # the key's budget (see fredflow.ratelimit.budget)
             semaphore=asyncio.Semaphore(settings.concurrency),
         )
 
@@ -75,6 +76,8 @@ class FetchContext:
     async def aclose(self) -> None:
         if isinstance(self.limiter, RemoteLimiter):
             await self.limiter.close()
+        if isinstance(self.limiter, ScheduleLimiter):
+            self.limiter.schedule.close()
 
 
 _RUNNING: set[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = set()

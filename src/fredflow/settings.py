@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -48,6 +48,11 @@ class Settings(BaseModel):
     # DuckDB's memory cap during the merge: above it, the upsert's hash join spills to <db>.tmp
     # instead of growing (re-merging 20M rows: 0.57 GiB peak at 512MB, 1.57 GiB uncapped; merge_strategies.py).
     merge_memory_limit: str = Field("512MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
+    # one budget per api key (fredflow.ratelimit.budget): "machine" shares the key's schedule with every
+    # run on this machine (a file per key hash in budget_dir); "run" paces this run alone
+    key_budget: Literal["machine", "run"] = "machine"
+    budget_dir: str | None = None  # default $FREDFLOW_BUDGET_DIR, else $XDG_RUNTIME_DIR/fredflow, else ~/.cache
+    prefect_limit: str | None = None  # a Prefect global concurrency limit (with slot decay) every run draws from
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

@@ -27,7 +27,8 @@ from ..destinations.duckdb import DuckDBDestination
 from ..errors import BadApiKey, FatalRunError, UsageError
 from ..fetch import RunJob
 from ..options import Mode, RunOptions
-from ..ratelimit.local import AdaptiveLimiter
+from ..ratelimit.budget import schedule_for
+from ..ratelimit.service import ScheduleLimiter
 from ..settings import Settings, staging_root_for
 from ..sources.fred.catalog import Catalog, resolve, with_metadata
 from ..sources.fred.changes import Selection, current_watermark, select_changed
@@ -196,8 +197,9 @@ async def _select(options: RunOptions, settings: Settings, stats: RequestStats, 
                   stamp: bool) -> tuple[Catalog, Selection | None, datetime | None]:
     """Resolve the catalog; for an incremental run, what changed; for a run that stores state, the
     newest update on FRED now (``checked_through``). One session, paced like the run."""
-    async with new_session(settings, 4) as session:
-        client = FredClient(session, settings, AdaptiveLimiter(settings.rate, settings.burst), stats=stats)
+    async with new_session(settings, 4) as session, contextlib.AsyncExitStack() as stack:
+        schedule = stack.enter_context(contextlib.closing(schedule_for(settings)))  # the key's budget
+        client = FredClient(session, settings, ScheduleLimiter(schedule), stats=stats)
         catalog = await resolve(options.catalog, client)
         if options.mode == Mode.INCREMENTAL:
             selection = await select_changed(catalog, state, client, options.revision_window)

@@ -61,6 +61,7 @@ class AsyncioRunner:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                await ctx.aclose()
         return sorted(manifests, key=lambda m: m.batch_index)
 
     @staticmethod

@@ -33,6 +33,7 @@ from ...errors import FatalRunError, UsageError
 from ...fetch import FetchContext, RunJob, fetch_batch
 from ...options import Mode, RunOptions
 from ...progress import Progress
+from ...ratelimit.budget import schedule_for
 from ...ratelimit.service import TokenService, reachable_host
 from ...run.batches import Batch
 from ...run.execute import RunSummary, finish_run, run_pipeline
@@ -160,7 +161,7 @@ def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quot
     concurrency = max(1, math.ceil(settings.concurrency / slots))
     flow_context = FlowRunContext.get()
     manifests: list[BatchManifest] = []
-    with TokenService(settings.rate, settings.burst, host=quota_host) as quota, \
+    with TokenService(schedule=schedule_for(settings), host=quota_host) as quota, \
             task_runner as active, flow_context.model_copy(update={"task_runner": active}):
         job = dataclasses.replace(plan.job, quota_url=quota.url)
         futures = fetch_batch_task.map(plan.batches(), job=unmapped(job), concurrency=unmapped(concurrency))
