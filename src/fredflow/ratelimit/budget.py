@@ -28,6 +28,7 @@ admits and learn it from 429s. Two ways to share it:
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import hashlib
 import logging
@@ -56,7 +57,7 @@ STALE_AFTER_S = 120.0
 #: Blocks drawn from a Prefect global concurrency limit: about this many seconds of slots at its decay rate.
 PERMIT_BLOCK_S = 1.0
 #: Longest single wait for a block (then the next attempt; the run ends it by closing the permits).
-PERMIT_WAIT_S = 10.0
+PERMIT_WAIT_S = 2.0
 
 
 def budget_dir(settings: "Settings") -> Path:
@@ -188,7 +189,9 @@ class PrefectPermits:
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._pump, name="fredflow-prefect-permits", daemon=True)
+        # in this thread's context: Prefect's settings (the API url) may be context-local (temporary_settings)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._pump,),
+                                        name="fredflow-prefect-permits", daemon=True)
         self._thread.start()
 
     def take(self, n: int) -> int:
@@ -216,7 +219,7 @@ class PrefectPermits:
                     self._cond.wait(1.0)
                 if self._closed:
                     return
-            try:
+            try:  # waits for the limit's slots to decay, retrying on 423, up to PERMIT_WAIT_S
                 rate_limit(self.name, occupy=self.block, timeout_seconds=PERMIT_WAIT_S, strict=True)
             except TimeoutError:
                 continue  # other runs hold the limit's slots: try again
@@ -230,9 +233,11 @@ class PrefectPermits:
                 self.calls += 1
 
     def close(self) -> None:
+        """Stop drawing: the thread ends after the block it is waiting for, if any (bounded by PERMIT_WAIT_S)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._thread.join(PERMIT_WAIT_S + 1)
 
 
 def schedule_for(settings: "Settings") -> Schedule:
