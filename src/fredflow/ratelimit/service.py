@@ -155,15 +155,15 @@ class SlotLimiter:
     (:class:`ScheduleLimiter`), or a :class:`TokenService` over HTTP (:class:`RemoteLimiter`).
     """
 
-    def __init__(self, rate: float, burst: int = 1) -> None:
+    def __init__(self, rate: float, burst: int = 1, *, smoother: bool = True, tolerance: float | None = None) -> None:
         self._slots: deque[tuple[float, int, int]] = deque()  # (send at, slot number, epoch)
         self._lock = asyncio.Lock()
         self._waiting = 0
         self._ok: list[int] = []
         self._throttled: list[int] = []
         self._dropped: list[int] = []
-        self._smoother = AsyncLimiter(max(1, burst), max(1, burst) / rate)
-        self._tolerance = max(0.005, 0.25 / rate)
+        self._smoother = AsyncLimiter(max(1, burst), max(1, burst) / rate) if smoother else None
+        self._tolerance = max(0.005, 0.25 / rate) if tolerance is None else tolerance
         self._last_slot: tuple[int, int] | None = None  # for a 429 reported outside the task that acquired
 
     async def _ask(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +192,8 @@ class SlotLimiter:
             delay = send_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self._smoother.acquire()
+            if self._smoother is not None:
+                await self._smoother.acquire()
             late = time.monotonic() - send_at
             if late <= self._tolerance:
                 _current_slot.set((slot, epoch))  # per asyncio task: the request about to be sent
@@ -230,10 +231,18 @@ class ScheduleLimiter(SlotLimiter):
     """Leases from a :class:`~fredflow.ratelimit.schedule.Schedule` in this process (the asyncio runner).
 
     The schedule may be shared with other processes (a per-key budget): then the
-    lease, which takes a file lock, runs off the event loop."""
+    lease, which takes a file lock, runs off the event loop.
+
+    No smoother in front: this limiter is the schedule's only caller in the process, so the schedule
+    already spaces its sends (a smoother at the same rate would queue the requests a busy event loop
+    woke late, make them later still, and starve the run at 20 req/s). The event loop also parses, so a
+    slot may be used up to half an interval (at least 50 ms) late: at most one request bunched with the
+    next, which a server's burst absorbs; later, it is given up (a loop that far behind would otherwise
+    send a burst)."""
 
     def __init__(self, schedule: Schedule) -> None:
-        super().__init__(schedule.policy.target_rate, schedule.policy.burst)
+        rate = schedule.policy.target_rate
+        super().__init__(rate, schedule.policy.burst, smoother=False, tolerance=max(0.05, 0.5 / rate))
         self.schedule = schedule
 
     @property
