@@ -12,7 +12,7 @@ a sawtooth between ~0.9× and 1× that limit, a few 429s per tooth, no storm.
 
 When the caller can measure the rate the server *admitted* just before the
 429 (``on_throttled(..., admitted_rate=r)``; the run-wide
-:class:`~fredflow.ratelimit.service.TokenService` does, from the slots its tasks report),
+:class:`~fredflow.ratelimit.schedule.Schedule` does, from the slots its callers report),
 the episode instead sets the rate to that measurement — the server's real
 limit, when we were sending above it — bounded to ``[DECREASE_AGAIN, DECREASE_MEASURED]``
 × the current rate. The pause is then only long enough for the server's bucket
@@ -28,8 +28,7 @@ requests): ~1 % above the measurement after 35 requests, 4 % after 70, and
 ``INCREASE_PER_S`` -- after 175 requests (90 s at 2 req/s, 12 s at 15 req/s).
 
 The policy is plain and synchronous (time is passed in), so it is tested on a controlled clock;
-:mod:`~fredflow.ratelimit.local` applies it on one event loop, :mod:`~fredflow.ratelimit.service`
-to a whole run across processes.
+:mod:`~fredflow.ratelimit.schedule` applies it to the send schedule every runner leases from.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ HORIZON_SECONDS = 0.25
 #: --rate = limit = 2 req/s: asyncio 1.00, thread 0.98 of the limit, no 429; 4 % cost 0.04 of it).
 JITTER_MARGIN = 0.01
 
-#: After a 429 the service measures what the server admitted over this many
+#: After a 429 the schedule measures what the server admitted over this many
 #: seconds of slots, or this many slots at the configured rate when that is
 #: longer (FRED's 2 req/s: 15 s). A longer window averages out the server's
 #: burst and the tasks' reporting lag; a shorter one follows a changing limit sooner …

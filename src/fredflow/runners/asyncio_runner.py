@@ -1,6 +1,6 @@
 """The ``asyncio`` runner: every batch on one event loop in this process.
 
-One aiohttp session, one :class:`~fredflow.ratelimit.local.AdaptiveLimiter` and one
+One aiohttp session, one :class:`~fredflow.ratelimit.service.ScheduleLimiter` and one
 semaphore of ``concurrency`` requests are shared by all batches, so ``rate``
 and ``concurrency`` hold for the whole run. Batches are pulled from the
 generator only as slots free up: a few are in memory at a time.
