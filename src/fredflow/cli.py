@@ -95,7 +95,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch_size: bool = True
     if batch_size:
         parser.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
                             help="series per batch (default auto)")
-    parser.add_argument("--staging-dir", type=Path, help="where runs stage files (default: beside the db)")
+    parser.add_argument("--staging-dir", help="where runs stage files: a folder or a URI (s3://bucket/prefix, gs://…; default: beside the db)")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object with the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--db", type=Path, required=True)
     runs.add_argument("--limit", type=_positive_int, default=20)
     runs.add_argument("--json", action="store_true")
-    runs.add_argument("--staging-dir", type=Path, help="where runs were staged, if not beside the db")
+    runs.add_argument("--staging-dir", help="where runs were staged, if not beside the db")
 
     commands.add_parser("sim", help="start the embedded FRED-compatible simulator (see 'fredflow sim --help')",
                         add_help=False)

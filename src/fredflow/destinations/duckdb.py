@@ -33,6 +33,7 @@ from ..errors import FatalRunError, StoreBusy
 from ..staging import BatchManifest, LockHeld, PidLock
 from ..state import SeriesState, StateUpdate
 from ..testing.failpoints import checkpoint
+from .staged_scan import staged
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -229,7 +230,7 @@ def committed_run_ids(db_path: str | Path) -> set[str]:
 def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchManifest],
               catalog_files: Iterable[str] = (), *, state: StateUpdate | None = StateUpdate(),
               vintage_range: tuple[date | None, date | None] = (None, None),
-              memory_limit: str | None = "512MB") -> None:
+              memory_limit: str | None = "512MB", filesystem: Any = None) -> None:
     """Merge every staged file of a run and record the run, in ONE transaction.
 
     ``state``: the run fetched its series through their latest observation, so
@@ -240,6 +241,8 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
     periods, so merging row by row would mix clipped and whole periods).
     ``memory_limit`` caps DuckDB for the merge: beyond it the upsert's join
     spills to disk, so the merge of a large backfill stays flat in memory.
+    ``filesystem``: the staging's :mod:`pyarrow.fs` filesystem; object storage is read through Arrow
+    (:mod:`~fredflow.destinations.staged_scan`).
     """
     manifests = list(manifests)
     observation_files = [f for m in manifests for f in m.observation_files]
@@ -258,33 +261,38 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
         try:
             if observation_files:
                 _upsert(con, "observations", ("series_id", "date"),
-                        "series_id, date, value, realtime_start, realtime_end", observation_files)
+                        "series_id, date, value, realtime_start, realtime_end", observation_files, filesystem)
             if vintage_files:
                 first, last = vintage_range
+                params: dict[str, Any] = {"first": first, "last": last}
+                source = staged(con, vintage_files, filesystem, params)
                 con.execute(
-                    """
-                    DELETE FROM vintages WHERE series_id IN (SELECT DISTINCT series_id FROM read_parquet($files))
+                    f"""
+                    DELETE FROM vintages WHERE series_id IN (SELECT DISTINCT series_id FROM {source})
                     AND date >= coalesce($first, DATE '0001-01-01') AND date <= coalesce($last, DATE '9999-12-31')
                     """,
-                    {"files": vintage_files, "first": first, "last": last},
+                    params,
                 )
+                params = {}
+                source = staged(con, vintage_files, filesystem, params)
                 con.execute("INSERT INTO vintages (series_id, date, realtime_start, realtime_end, value) "
-                            "SELECT series_id, date, realtime_start, realtime_end, value FROM read_parquet($files)",
-                            {"files": vintage_files})
+                            f"SELECT series_id, date, realtime_start, realtime_end, value FROM {source}", params)
             if series_files and succeeded:
                 # A listing may carry series that failed later; store metadata of the ones ingested.
+                params = {"succeeded": succeeded, "run_id": record.run_id}
+                source = staged(con, series_files, filesystem, params)
                 con.execute(
                     f"""
                     INSERT INTO series
                     SELECT series_id, {_SERIES_COLUMNS}, now() AS fetched_at, $run_id AS last_run_id
-                    FROM read_parquet($files)
+                    FROM {source}
                     WHERE series_id IN (SELECT unnest($succeeded))
                     QUALIFY row_number() OVER (PARTITION BY series_id) = 1
                     ON CONFLICT (series_id) DO UPDATE SET
                         {", ".join(f"{c} = excluded.{c}" for c in _SERIES_COLUMNS.split(", "))},
                         fetched_at = excluded.fetched_at, last_run_id = excluded.last_run_id
                     """,
-                    {"files": series_files, "succeeded": succeeded, "run_id": record.run_id},
+                    params,
                 )
             if state is not None:
                 _update_state(con, state, succeeded, record.run_id)
@@ -334,11 +342,14 @@ def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded:
 
 
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], columns: str,
-            files: list[str]) -> None:
+            files: list[str], filesystem: Any = None) -> None:
     """Replace the rows of ``table`` whose ``key`` is in the staged ``files``, then insert the staged rows."""
     match = " AND ".join(f"t.{k} = s.{k}" for k in key)
-    con.execute(f"DELETE FROM {table} t USING read_parquet($files) s WHERE {match}", {"files": files})
-    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet($files)", {"files": files})
+    params: dict[str, Any] = {}
+    con.execute(f"DELETE FROM {table} t USING {staged(con, files, filesystem, params)} s WHERE {match}", params)
+    params = {}
+    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staged(con, files, filesystem, params)}",
+                params)
 
 
 def recent_runs(db_path: str | Path, limit: int = 20) -> list[dict[str, Any]]:
@@ -388,7 +399,7 @@ class DuckDBDestination:
 
     def merge(self, record: RunRecord, manifests: Iterable[BatchManifest], catalog_files: Iterable[str] = (), *,
               state: StateUpdate | None = StateUpdate(),
-              vintage_range: tuple[date | None, date | None] = (None, None)) -> None:
+              vintage_range: tuple[date | None, date | None] = (None, None), filesystem: Any = None) -> None:
         """Every staged file of a run and its record, in ONE transaction (see :func:`merge_run`)."""
         merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
-                  memory_limit=self.memory_limit)
+                  memory_limit=self.memory_limit, filesystem=filesystem)

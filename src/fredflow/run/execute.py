@@ -80,7 +80,8 @@ def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
     )
     checkpoint("after-staging")
     plan.destination.merge(record, manifests, plan.staging.catalog_files, state=plan.state,
-                           vintage_range=plan.vintage_range if plan.vintages else (None, None))
+                           vintage_range=plan.vintage_range if plan.vintages else (None, None),
+                           filesystem=plan.staging.fs)
     plan.staging.remove()
     return summary
 
