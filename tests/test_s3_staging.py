@@ -1,0 +1,140 @@
+"""``--staging-dir s3://…``: runs stage on object storage (moto's S3 server on 127.0.0.1), the merge reads
+it through Arrow in its one transaction, the plan, manifests, lease and resume work there."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pytest
+
+from e2e import assert_db_matches, count
+from fredflow import CatalogSpec
+from fredflow.api import ingest, resumable_runs, resume
+from fredflow.errors import StoreBusy
+from fredflow.sim.server import DEMO_API_KEY
+from fredflow.staging import RunStaging, filesystem_for, run_folders
+from s3server import CREDENTIALS, MotoServer
+
+
+@pytest.fixture(scope="module")
+def moto():
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)  # dask workers spawned later inherit them
+    try:
+        with MotoServer() as server:
+            yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _objects(uri: str) -> list[str]:
+    fs, root = filesystem_for(uri)
+    from pyarrow.fs import FileSelector
+
+    try:
+        return sorted(i.path for i in fs.get_file_info(FileSelector(root, recursive=True)))
+    except FileNotFoundError:
+        return []
+
+
+def test_staging_on_s3_files_manifest_and_lease(moto):
+    uri = moto.uri(prefix="unit")
+    staging = RunStaging(uri, "r1").create({"what": "test"})
+    staging.hold()
+    try:
+        assert staging.is_held() and staging.has("run.lease")
+        with pytest.raises(StoreBusy, match="still running"):
+            RunStaging(uri, "r1").hold()
+        writer = staging.batch_writer(0)
+        writer.add_observations("A", pa.table({"date": pa.array([0, 1], pa.date32()), "value": [1.0, 2.0],
+                                               "realtime_start": pa.array([0, 0], pa.date32()),
+                                               "realtime_end": pa.array([0, 0], pa.date32())}))
+        from fredflow.staging import BatchManifest
+
+        manifest = writer.finish(BatchManifest(batch_index=0, succeeded=["A"]))
+        assert manifest.check_files(staging.fs) is None
+        assert [m.rows for m in staging.manifests()] == [2]
+        # one PUT per file: no .tmp object is ever left behind
+        assert not [p for p in _objects(uri) if p.endswith(".tmp")]
+        assert [r.run_id for r in run_folders(uri)] == ["r1"]
+    finally:
+        staging.release()
+    assert not staging.has("run.lease") and not staging.is_held()
+    staging.remove()
+    assert not staging.exists()
+
+
+def test_lease_of_a_dead_holder_or_expired_is_taken(moto):
+    from fredflow.staging_lease import StagingLease
+
+    staging = RunStaging(moto.uri(prefix="lease"), "r2").create({})
+    stale = StagingLease(staging.fs, staging.file("run.lease"), ttl=0.5)
+    stale.acquire()
+    stale._stop.set()  # stops renewing, as a hung or partitioned holder would
+    held = StagingLease(staging.fs, staging.file("run.lease"))
+    with pytest.raises(Exception, match="on "):
+        held.acquire()
+    time.sleep(0.8)  # expired
+    held.acquire()
+    assert held.is_locked()
+    held.release()
+    staging.remove()
+
+
+def test_resume_with_s3_staging_after_kill(tmp_path, sim, settings_for, moto):
+    uri = moto.uri(prefix="resume")
+    db = tmp_path / "f.duckdb"
+    ids = sim.catalog.series_ids[:30]
+    marker = tmp_path / "paused"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRED_", "FREDFLOW_"))}
+    env.update(FREDFLOW_PAUSE_AT="merge-before-commit", FREDFLOW_PAUSE_FILE=str(marker))
+    victim = subprocess.Popen([sys.executable, "-m", "fredflow.cli", "ingest", "--db", str(db), "--series",
+                               ",".join(ids), "--api-url", sim.url, "--api-key", DEMO_API_KEY, "--rate", "500",
+                               "--batch-size", "7", "--staging-dir", uri, "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert victim.poll() is None, victim.stderr.read()
+            assert time.monotonic() < deadline, "never reached the merge"
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert count(db, "SELECT count(*) FROM observations") == [(0,)]  # nothing committed
+    (run,) = resumable_runs(db, uri)
+    assert run.staged_batches == run.n_batches == 5
+    before = sim.stats()["requests"]
+    summary = resume(db, run.run_id, settings=settings_for(sim), staging_root=uri)
+    assert summary.exit_code == 0 and summary.resumed_batches == 5
+    assert sim.stats()["requests"] == before  # every batch was staged on S3: nothing fetched again
+    assert summary.n_rows == assert_db_matches(db, sim.catalog, ids)
+    assert resumable_runs(db, uri) == []
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "dask"])
+def test_ingest_with_s3_staging_lands_every_row(tmp_path, sim, settings_for, moto, runner):
+    uri = moto.uri(prefix=f"e2e-{runner}")
+    db = tmp_path / "f.duckdb"
+    ids = sim.catalog.series_ids[:40]
+    extra = {"workers": 2, "threads_per_worker": 2} if runner == "dask" else {}
+    summary = ingest(db, CatalogSpec(series=tuple(ids)), settings=settings_for(sim), runner=runner, staging_dir=uri, batch_size=7,
+                     **extra)
+    assert summary.exit_code == 0 and summary.n_series == len(ids)
+    assert summary.n_rows == assert_db_matches(db, sim.catalog, ids)
+    assert count(db, "SELECT count(*), count(DISTINCT (series_id, date)) FROM observations")[0][0] == summary.n_rows
+    assert count(db, "SELECT count(*) FROM series")[0][0] == len(ids)
+    assert _objects(uri) == [] or all(not p.split("/")[-1].startswith(summary.run_id) for p in _objects(uri))
+    assert resumable_runs(db, uri) == []
