@@ -92,6 +92,11 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch_size: bool = True
     parser.add_argument("--threads-per-worker", type=_positive_int, help="dask: threads per worker process (default 4)")
     parser.add_argument("--thread-slots", type=_positive_int, help="thread: batches run at once (default 8)")
     parser.add_argument("--dask-address", help="dask: use an existing cluster, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--handback", action=argparse.BooleanOptionalAction, default=None,
+                        help="dask: batches hand staged bytes back to the flow (default: with --dask-address and a "
+                             "local --staging-dir; --no-handback for a folder every worker shares)")
+    parser.add_argument("--quota-address", metavar="HOST:PORT",
+                        help="dask: address workers reach the run's token service at (NAT, tunnels; [v6]:PORT)")
     if batch_size:
         parser.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
                             help="series per batch (default auto)")
@@ -171,7 +176,8 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
     from .settings import Settings
 
     given = dict(api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
-                 concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts)
+                 concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts,
+                 quota_address=getattr(args, "quota_address", None))
     try:
         return Settings.from_env(**{**(stored or {}), **{k: v for k, v in given.items() if v is not None}})
     except ValueError as exc:  # pydantic validation
@@ -181,7 +187,8 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
 def _runner_options(args: argparse.Namespace) -> dict:
     """The runner flags given (RunOptions checks that they fit the runner)."""
     options = {"workers": args.workers, "threads_per_worker": args.threads_per_worker,
-               "thread_slots": args.thread_slots, "dask_address": args.dask_address}
+               "thread_slots": args.thread_slots, "dask_address": args.dask_address,
+               "handback": getattr(args, "handback", None)}
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -93,9 +93,11 @@ class TokenService:
     server's bucket to regain a token or two.
     """
 
-    def __init__(self, rate: float, burst: int = 1, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, rate: float, burst: int = 1, *, host: str = "127.0.0.1", port: int = 0,
+                 advertise: str | None = None) -> None:
         self.policy = AimdPolicy(rate, burst)
         self.host, self.port = host, port
+        self.advertise = advertise  # the host tasks reach it at, when not the bound one (NAT, tunnel)
         self._tat = 0.0  # theoretical arrival time of the next slot (monotonic clock)
         self._next_slot = 0  # number of the next slot handed out
         self._epoch_starts: list[int] = []  # first slot number of epochs 1, 2, …
@@ -295,7 +297,8 @@ class TokenService:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = self.advertise or self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def stop(self) -> None:
         if self._loop and self._thread:
@@ -418,8 +421,11 @@ def reachable_host(dask_address: str | None) -> str:
     if not dask_address:
         return "127.0.0.1"
     host = urlparse(dask_address if "://" in dask_address else f"tcp://{dask_address}").hostname or "127.0.0.1"
-    if host in ("127.0.0.1", "localhost", "::1"):
+    if host in ("127.0.0.1", "localhost"):
         return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((host, 9))  # no packet is sent: this only picks the outgoing interface
+    if host == "::1":
+        return "::1"
+    family, _, _, _, address = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]  # IPv4 or IPv6
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(address[:2] if family == socket.AF_INET else address)  # no packet is sent: picks the interface
         return probe.getsockname()[0]

@@ -33,13 +33,15 @@ from ...errors import FatalRunError
 from ...fetch import FetchContext, RunJob, fetch_batch
 from ...options import Mode, RunOptions
 from ...progress import Progress
-from ...ratelimit.service import TokenService, reachable_host
+from ...ratelimit.service import reachable_host
 from ...run.batches import Batch
 from ...run.execute import RunSummary, finish_run, run_pipeline
 from ...run.plan import RunPlan, plan_run
 from ...settings import Settings
 from ...staging import BatchManifest
 from ...testing.failpoints import fail_once
+from .handback import HandedBack, fetch_handed_back, land, uses_handback
+from .reachability import token_service_for
 from .task_runners import runner_shape, task_runner_for
 
 log = logging.getLogger("fredflow")
@@ -73,12 +75,14 @@ def plan_task(options: RunOptions, settings: Settings, slots: int, task_overhead
 
 @task(name="fetch-batch", task_run_name="batch-{batch.index}", cache_policy=NO_CACHE,
       retries=2, retry_delay_seconds=2, retry_jitter_factor=0.5)
-async def fetch_batch_task(batch: Batch, job: RunJob, concurrency: int) -> BatchManifest | FatalBatch:
+async def fetch_batch_task(batch: Batch, job: RunJob, concurrency: int) -> BatchManifest | HandedBack | FatalBatch:
     """One batch on the worker's own event loop, with its own session; its requests are paced by
     send times leased from the run's TokenService (``job.quota_url``), so the rate holds run-wide."""
     fail_once("fetch-batch-task")
     ctx = FetchContext.for_task(job.settings, job.quota_url, concurrency=concurrency)
     try:
+        if job.handback:
+            return await fetch_handed_back(batch, job, ctx)
         return await fetch_batch(batch, job.staging(), ctx)
     except FatalRunError as exc:
         return FatalBatch(batch.index, exc)
@@ -121,7 +125,8 @@ class _RunLoggerProgress:
         pass
 
 
-def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quota_host: str) -> list[BatchManifest]:
+def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quota_host: str,
+             handback: bool = False) -> list[BatchManifest]:
     """``fetch_batch_task.map(batches)`` on ``task_runner``; manifests in batch order.
 
     One :class:`~fredflow.ratelimit.service.TokenService` in this process paces every task
@@ -132,15 +137,16 @@ def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quot
     concurrency = max(1, math.ceil(settings.concurrency / slots))
     flow_context = FlowRunContext.get()
     manifests: list[BatchManifest] = []
-    with TokenService(settings.rate, settings.burst, host=quota_host) as quota, \
+    with token_service_for(settings.rate, settings.burst, quota_host, settings.quota_address) as quota, \
             task_runner as active, flow_context.model_copy(update={"task_runner": active}):
-        job = dataclasses.replace(plan.job, quota_url=quota.url)
+        job = dataclasses.replace(plan.job, quota_url=quota.url, handback=handback)
         futures = fetch_batch_task.map(plan.batches(), job=unmapped(job), concurrency=unmapped(concurrency))
         try:
             for future in as_completed(futures):
                 manifest = future.result()
                 if isinstance(manifest, FatalBatch):
                     raise manifest.error
+                manifest = land(plan.staging, manifest)  # handed-back bytes into the run folder, manifest last
                 manifests.append(manifest)
                 progress.batch_done(manifest)
         except BaseException:
@@ -182,7 +188,9 @@ def ingest_flow(options: RunOptions, settings: dict[str, Any] | None = None,
         DuckDBDestination(options.db).lock(),
         lambda: plan_task(options, run_settings, shape.slots, shape.task_overhead),
         lambda plan, progress: _fan_out(plan, progress, task_runner=task_runner, slots=shape.slots,
-                                        quota_host=reachable_host(shape.dask_address)),
+                                        quota_host=reachable_host(shape.dask_address),
+                                        handback=uses_handback(options.handback, shape.dask_address,
+                                                               plan.staging_root)),
         _current_progress(),
         merge=merge_task,
     )

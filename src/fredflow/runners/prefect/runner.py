@@ -35,8 +35,20 @@ class PrefectRunner:
         try:
             with prefect_api() as api_url:
                 if self.shape.dask_address:
+                    _preflight(self.shape.dask_address, api_url, options, settings)
                     point_cluster_at_api(self.shape.dask_address, api_url)
                 result = ingest_flow(options=options, settings=settings.public_dict(), api_key=settings.api_key)
         finally:
             progress_var.reset(token)
         return RunSummary(**result)
+
+
+def _preflight(dask_address: str, api_url: str, options: RunOptions, settings: Settings) -> None:
+    """Versions and reachability of an existing cluster, before planning (see :mod:`.preflight`)."""
+    from ...settings import staging_root_for
+    from .handback import uses_handback
+    from .preflight import check_run
+
+    root = staging_root_for(options.db, options.staging_dir)
+    check_run(dask_address, api_url=api_url, settings=settings, staging_root=root,
+              handback=uses_handback(options.handback, dask_address, root))
