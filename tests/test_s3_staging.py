@@ -138,3 +138,8 @@ def test_ingest_with_s3_staging_lands_every_row(tmp_path, sim, settings_for, mot
     assert count(db, "SELECT count(*) FROM series")[0][0] == len(ids)
     assert _objects(uri) == [] or all(not p.split("/")[-1].startswith(summary.run_id) for p in _objects(uri))
     assert resumable_runs(db, uri) == []
+
+
+def test_a_bucket_not_created_yet_holds_no_runs(moto):
+    uri = moto.uri(bucket="fredflow-never-created", prefix="x").replace("&allow_bucket_creation=true", "")
+    assert run_folders(uri) == []

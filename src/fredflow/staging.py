@@ -365,6 +365,10 @@ def run_folders(root: str | os.PathLike[str]) -> list[RunStaging]:
         infos = fs.get_file_info(pafs.FileSelector(base))
     except FileNotFoundError:
         return []
+    except OSError as exc:  # object storage: a bucket not created yet holds no run
+        if "NO_SUCH_BUCKET" in str(exc):
+            return []
+        raise
     return [RunStaging(base, posixpath.basename(i.path), fs) for i in sorted(infos, key=lambda i: i.path)
             if i.type == pafs.FileType.Directory]
 
