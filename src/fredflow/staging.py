@@ -113,10 +113,26 @@ def filesystem_for(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     text = os.fspath(root)
     if "://" in text:
         try:
-            return pafs.FileSystem.from_uri(text)
+            fs, path = pafs.FileSystem.from_uri(text)
         except (pa.ArrowException, ValueError) as exc:
             raise FatalRunError(f"cannot use staging {text}: {exc}") from None
+        return _patient(fs), path
     return pafs.LocalFileSystem(), os.path.abspath(text)
+
+
+#: S3 request timeout: the AWS SDK's default (a transfer under 1 byte/s for 3 s fails) aborts a merge
+#: when an S3-compatible server stalls for a moment under load; a URI cannot set it (pyarrow rejects the parameter).
+S3_REQUEST_TIMEOUT_S, S3_CONNECT_TIMEOUT_S = 60.0, 10.0
+
+
+def _patient(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """An S3 filesystem with :data:`S3_REQUEST_TIMEOUT_S` when its URI left the SDK's defaults; others as given."""
+    if not isinstance(fs, getattr(pafs, "S3FileSystem", ())):
+        return fs
+    rebuild, (options,) = fs.__reduce__()
+    if options.get("request_timeout", -1) >= 0:
+        return fs
+    return rebuild({**options, "request_timeout": S3_REQUEST_TIMEOUT_S, "connect_timeout": S3_CONNECT_TIMEOUT_S})
 
 
 @dataclass(frozen=True, slots=True)
