@@ -44,3 +44,22 @@ def count(db: Path, sql: str):
         return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+def day_changes(before, after, series_ids) -> set[tuple]:
+    """What the simulator changed between two of its days, as (series_id, date, old, new, kind)."""
+    out = set()
+    for sid in series_ids:
+        if not before.is_servable(sid):
+            continue  # a series' first appearance is a first load, not a change
+        b, a = before.observations(sid), after.observations(sid)
+        was = dict(zip(b["date"].to_pylist(), b["value"].to_pylist()))
+        now = dict(zip(a["date"].to_pylist(), a["value"].to_pylist()))
+        out |= {(sid, d, was[d], now[d], "revised") for d in was.keys() & now.keys() if was[d] != now[d]}
+        out |= {(sid, d, was[d], None, "deleted") for d in was.keys() - now.keys()}
+        out |= {(sid, d, None, now[d], "added") for d in now.keys() - was.keys()}
+    return out
+
+
+def logged(db, run_id) -> set[tuple]:
+    return set(count(db, f"SELECT series_id, date, old_value, new_value, kind FROM revisions WHERE run_id = '{run_id}'"))

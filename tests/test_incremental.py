@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from e2e import assert_db_matches, count
+from e2e import assert_db_matches, count, day_changes, logged
 from fredflow import CatalogSpec
 from fredflow.api import ingest
 from fredflow.sim.process import SimProcess
@@ -97,18 +97,36 @@ def test_incremental_from_a_release_listing_needs_no_updates(tmp_path, daily_sim
 
 
 def test_revision_window_bounds_the_refetch_and_reset_state_reloads(tmp_path, daily_sim, settings_for):
+    """The opt-in --revision-window fetches (and replaces) only each changed series' trailing window:
+    the day's changes inside it are applied and logged, the ones older than it are lost (its risk)."""
+    from fredflow.options import Span
+
     db = tmp_path / "f.duckdb"
     ids = daily_sim.catalog.series_ids[:40]
     spec = CatalogSpec(series=tuple(ids))
     settings = settings_for(daily_sim)
     ingest(db, spec, settings=settings, mode="incremental")
+    before = daily_sim.catalog
     changed = sorted(set(daily_sim.advance(days=1, changed=60)) & set(ids))
     assert changed
     day1 = ingest(db, spec, settings=settings, mode="incremental", revision_window="2y")
-    # only the trailing window of each changed series was fetched, and the result is still exact
+    # only the trailing window of each changed series was fetched
     full_rows = sum(daily_sim.catalog.observations(s).num_rows for s in changed)
     assert 0 < day1.n_rows < full_rows
-    assert_db_matches(db, daily_sim.catalog, ids)
+    cut = {s: Span.parse("2y").shift(before.observations(s).column("date")[-1].as_py(), -1) for s in changed}
+    made = day_changes(before, daily_sim.catalog, changed)
+    missed = {c for c in made if c[1] < cut[c[0]]}
+    assert missed  # the simulator revised (or removed) values older than two years
+    assert logged(db, day1.run_id) == made - missed
+    # inside the window every row equals the simulator; before it, the old values stayed
+    for sid in ids:
+        got = count(db, f"SELECT date, value FROM observations WHERE series_id = '{sid}' ORDER BY date")
+        now = [(r["date"], r["value"]) for r in daily_sim.catalog.observations(sid).to_pylist()]
+        if sid not in cut:
+            assert got == now
+            continue
+        was = [(r["date"], r["value"]) for r in before.observations(sid).to_pylist()]
+        assert got == [r for r in was if r[0] < cut[sid]] + [r for r in now if r[0] >= cut[sid]]
 
     again = ingest(db, spec, settings=settings, mode="incremental", reset_state=True)
     assert again.n_series == 40 and again.n_rows == sum(daily_sim.catalog.observations(s).num_rows for s in ids)

@@ -14,11 +14,12 @@ CATALOG = CatalogSpec(series=("GDP",))
 
 def test_defaults_and_round_trip_through_json():
     options = RunOptions.build(db="f.duckdb", catalog=CATALOG, staging_dir=Path("/tmp/s"))
-    assert (options.mode, options.runner, options.revision_window, options.window) == ("full", "asyncio", Span(2, "y"), None)
+    assert (options.mode, options.runner, options.revision_window, options.window) == ("full", "asyncio", None, None)
     assert options.staging_dir == "/tmp/s" and options.stores_state
-    again = RunOptions.model_validate_json(options.model_dump_json())
-    assert again == options
-    assert options.model_dump(mode="json")["revision_window"] == "2y"
+    assert RunOptions.model_validate_json(options.model_dump_json()) == options
+    windowed = RunOptions.build(db="f.duckdb", catalog=CATALOG, mode="incremental", revision_window="18m")
+    assert windowed.revision_window == Span(18, "m") and windowed.model_dump(mode="json")["revision_window"] == "18m"
+    assert RunOptions.model_validate_json(windowed.model_dump_json()) == windowed
 
 
 @pytest.mark.parametrize("fields, needle", [
@@ -28,9 +29,10 @@ def test_defaults_and_round_trip_through_json():
     ({"mode": "backfill", "start": date(2999, 1, 1)}, "in the future"),
     ({"window": "5y"}, "--window applies to backfills only"),
     ({"mode": "backfill", "start": date(2000, 1, 1), "window": "ten"}, "--window 'ten'"),
-    ({"revision_window": "0d"}, "--revision-window '0d'"),
+    ({"mode": "incremental", "revision_window": "0d"}, "--revision-window '0d'"),
     ({"reset_state": True, "end": date(2020, 1, 1)}, "--reset-state"),
-    ({"vintages": True, "mode": "incremental"}, "--vintages needs"),
+    ({"vintages": True, "mode": "incremental", "end": date(2020, 1, 1)}, "--vintages --mode incremental keeps"),
+    ({"revision_window": "2y"}, "--revision-window applies to --mode incremental only"),
     ({"realtime_start": date(2020, 1, 1)}, "need --vintages"),
     ({"workers": 3}, "--workers do not apply to --runner asyncio"),
     ({"runner": "thread", "dask_address": "tcp://x:1"}, "--dask-address do not apply to --runner thread"),
@@ -60,7 +62,8 @@ def test_span_parses_shifts_and_clamps_month_ends():
 
 
 def test_mode_and_runner_compare_as_strings():
-    options = RunOptions.build(db="f.duckdb", catalog=CATALOG, mode="incremental", runner="dask", workers=3)
+    options = RunOptions.build(db="f.duckdb", catalog=CATALOG, mode="incremental", runner="dask", workers=3,
+                               revision_window="2y")
     assert options.mode == Mode.INCREMENTAL == "incremental" and f"{options.runner}" == "dask"
     assert options.runner_options() == {"workers": 3}
     assert options.parameters({"rate": 2})["revision_window"] == "2y"

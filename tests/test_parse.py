@@ -1,4 +1,4 @@
-"""parse.py against every real FRED response in ../shared/fred-samples: exact rows, NULLs, values, dates."""
+"""parse.py against every real FRED response in tests/data/fred-samples (real FRED responses kept in the repository): exact rows, NULLs, values, dates."""
 
 from __future__ import annotations
 

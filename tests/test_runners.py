@@ -146,7 +146,7 @@ def test_runs_appear_on_the_configured_prefect_server(tmp_path, runner_sim, sett
             with get_client(sync_client=True) as client:
                 # explicit limit/sort: prefect 3.8.8's client sends null defaults its server rejects (422)
                 flow_runs = client.read_flow_runs(limit=50, sort=FlowRunSort.START_TIME_DESC)
-                ingest_runs = [r for r in flow_runs if r.name == "ingest-full-dask"]
+                ingest_runs = [r for r in flow_runs if r.name == "f.duckdb · 12 series · full"]
                 assert ingest_runs and ingest_runs[0].state.is_completed()
                 params = ingest_runs[0].parameters
                 assert DEMO_API_KEY not in repr(params)

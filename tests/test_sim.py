@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -531,15 +529,23 @@ def test_catalog_day_advance() -> None:
             assert after.equals(before) and new_meta == old_meta
             continue
         n, k = before.num_rows, len(days_changed)
-        assert after.num_rows == n + k
         dates = after["date"].to_pylist()
-        assert dates[:n] == before["date"].to_pylist()
+        old_rows = dict(zip(before["date"].to_pylist(), before["value"].to_pylist()))
+        new_rows = dict(zip(dates, values))
+        removed = set(old_rows) - set(new_rows)
+        added = sorted(set(new_rows) - set(old_rows))
+        # each change appends one date, and may remove one older one (never the first)
+        assert len(added) == k and min(added) > max(old_rows) and len(removed) <= k
+        assert dates[0] == before["date"][0].as_py() and after.num_rows == n + k - len(removed)
+        assert dates == sorted(set(dates))
         assert values[-1] is not None and new_meta["observation_end"] == dates[-1].isoformat()
-        assert dates[n] > dates[n - 1]
-        assert after.slice(0, n - 3).equals(before.slice(0, n - 3))  # only the last three are revised
+        revised = sorted(d for d in set(old_rows) & set(new_rows) if old_rows[d] != new_rows[d])
+        assert all(old_rows[d] is not None and new_rows[d] is not None for d in revised)  # "." stays "."
         if k == 1:
-            for old, new in zip(before["value"].to_pylist()[n - 3:], values[n - 3 : n]):
-                assert (old is None and new is None) or (old is not None and new is not None and new != old)
+            # the last three before the new date are revised (unless "."), and at most one older date
+            tail = sorted(old_rows)[-3:]
+            assert {d for d in tail if old_rows[d] is not None} <= set(revised)
+            assert len(set(revised) - set(tail)) <= 1
             decimals = {len(t.split(".")[1]) if "." in t[1:] else 0 for t in texts if t != "."}
             assert len(decimals) == 1  # revised and new values keep the series' decimals
         stamp = new_meta.pop("last_updated")
@@ -551,6 +557,31 @@ def test_catalog_day_advance() -> None:
     assert len(times) == len(advanced.changed_since(0))
     # the newest updates come first in series/updates
     assert set(advanced.updated_ids()[:7]) == set(day2)
+    # over many changes, revisions reach far back and some observations are removed
+    deep = SimCatalog(n_series=200, seed=3, long_series=0, changes=(200,))
+    flat = SimCatalog(n_series=200, seed=3, long_series=0)
+    oldest_revision, n_removed = date.max, 0
+    for sid in deep.series_ids:
+        b, a = flat.observations(sid), deep.observations(sid)
+        was, now = dict(zip(b["date"].to_pylist(), b["value"].to_pylist())), dict(zip(a["date"].to_pylist(),
+                                                                                        a["value"].to_pylist()))
+        n_removed += len(set(was) - set(now))
+        oldest_revision = min([oldest_revision, *(d for d in was if d in now and was[d] != now[d])])
+    assert oldest_revision < date(1960, 1, 1) and 20 < n_removed < 80
+
+
+def test_new_series_debut_one_a_day_in_release_listings() -> None:
+    base = SimCatalog(n_series=60, seed=3, new_series=2)
+    assert base.series_ids[-1] == "SIM000060" and not base.is_servable("SIMN0001")
+    day1 = SimCatalog(n_series=60, seed=3, new_series=2, changes=(0,))
+    day3 = SimCatalog(n_series=60, seed=3, new_series=2, changes=(0, 0, 0))
+    assert day1.series_ids[-1:] == ["SIMN0001"] and day3.series_ids[-2:] == ["SIMN0001", "SIMN0002"]
+    assert "SIMN0001" in day1.releases[1] and sum("SIMN0001" in ids for ids in day1.releases.values()) == 2
+    assert day3.meta("SIMN0002")["last_updated"].startswith("2026-11-22 ")
+    assert day1.updated_ids()[0] == "SIMN0001"  # the only update of day 1
+    # the others are as before the debut
+    for g, ids in base.releases.items():
+        assert [s for s in day3.releases[g] if not s.startswith("SIMN")] == ids
     with pytest.raises(ValueError):
         SimCatalog(n_series=5, changes=(6,))
 

@@ -129,3 +129,44 @@ def test_locked_database_is_a_clear_error(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_replacing_a_slice_deletes_what_is_no_longer_served_and_logs_every_change(tmp_path):
+    db = tmp_path / "f.duckdb"
+    d = [date(2020, m, 1) for m in range(1, 7)]
+    merge_run(db, _record("r1"), _stage(tmp_path, "r1", {"A": _obs(d[:5], [1.0, 2.0, None, 4.0, 5.0]),
+                                                         "B": _obs(d[:2], [7.0, 8.0])}), slices=[("A", None, None)])
+    # A: d1 revised, d2 removed, d3 "." -> 3.0, d4 unchanged, d5 -> ".", d6 new; B is not in the run
+    counts = merge_run(db, _record("r2"), _stage(tmp_path, "r2", {"A": _obs([d[0], d[2], d[3], d[4], d[5]],
+                                                                           [1.5, 3.0, 4.0, None, 6.0])}),
+                       slices=[("A", None, None)])
+    assert _rows(db) == [("A", d[0], 1.5), ("A", d[2], 3.0), ("A", d[3], 4.0), ("A", d[4], None), ("A", d[5], 6.0),
+                         ("B", d[0], 7.0), ("B", d[1], 8.0)]
+    con = duckdb.connect(str(db), read_only=True)
+    log = con.execute("SELECT run_id, series_id, date, old_value, new_value, kind FROM revisions ORDER BY date").fetchall()
+    runs = con.execute("SELECT run_id, n_revised, n_deleted, n_added FROM ingest_runs ORDER BY run_id").fetchall()
+    con.close()
+    assert log == [("r2", "A", d[0], 1.0, 1.5, "revised"), ("r2", "A", d[1], 2.0, None, "deleted"),
+                   ("r2", "A", d[2], None, 3.0, "revised"), ("r2", "A", d[4], 5.0, None, "revised"),
+                   ("r2", "A", d[5], None, 6.0, "added")]  # r1 was a first load: nothing logged
+    assert counts == {"n_revised": 3, "n_deleted": 1, "n_added": 1}
+    assert runs == [("r1", 0, 0, 0), ("r2", 3, 1, 1)]
+
+
+def test_a_bounded_slice_leaves_the_rest_and_a_failed_merge_logs_nothing(tmp_path):
+    db = tmp_path / "f.duckdb"
+    d = [date(2020, m, 1) for m in range(1, 7)]
+    merge_run(db, _record("r1"), _stage(tmp_path, "r1", {"A": _obs(d, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])}),
+              slices=[("A", None, None)])
+    # the run fetched only March..April, and FRED no longer serves April
+    merge_run(db, _record("r2"), _stage(tmp_path, "r2", {"A": _obs([d[2]], [3.5])}), slices=[("A", d[2], d[3])])
+    assert _rows(db) == [("A", d[0], 1.0), ("A", d[1], 2.0), ("A", d[2], 3.5), ("A", d[4], 5.0), ("A", d[5], 6.0)]
+    manifests = _stage(tmp_path, "r3", {"A": _obs([d[0]], [9.0])})
+    manifests[0].observation_files.append(str(tmp_path / "missing.parquet"))  # the merge fails mid-way
+    with pytest.raises(duckdb.Error):
+        merge_run(db, _record("r3"), manifests, slices=[("A", None, None)])
+    assert _rows(db)[0] == ("A", d[0], 1.0)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT run_id, date, kind FROM revisions ORDER BY date").fetchall() == [
+        ("r2", d[2], "revised"), ("r2", d[3], "deleted")]
+    con.close()

@@ -23,6 +23,7 @@ from fredflow.sources.fred.client import FredClient, RequestStats, new_session, 
 from fredflow.ratelimit.local import AdaptiveLimiter
 from fredflow.sources.fred.parse import VINTAGE_SCHEMA, parse_vintage_dates, parse_vintage_observations, stitch_vintages
 from fredflow.sim import DEMO_API_KEY, SimCatalog
+from fredflow.sim.catalog import REALTIME_END_MAX
 
 REALTIME_MIN, REALTIME_MAX = date(1776, 7, 4), date(9999, 12, 31)
 LAG_DAYS = {"Daily": 1, "Daily, 7-Day": 1, "Weekly, Ending Friday": 6, "Monthly": 30, "Quarterly": 60, "Annual": 90}
@@ -178,12 +179,24 @@ def test_catalog_vintage_model(sim) -> None:
     assert again.vintage_data(sid).text.equals(catalog.vintage_data(sid).text)
 
 
-def test_day_advance_leaves_vintages_alone() -> None:
+def test_day_advance_adds_one_vintage_and_keeps_the_history() -> None:
+    """A simulated day that changed a series is one more vintage date of it: the history before it is
+    kept (only the periods it ends are closed the day before), and its latest vintage is the current data."""
     base = SimCatalog(n_series=20, seed=5)
     advanced = SimCatalog(n_series=20, seed=5, changes=(20,))
+    day = base.today + timedelta(days=1)
     for sid in base.series_ids[:5]:
-        assert advanced.vintage_rows(sid).equals(base.vintage_rows(sid))
-        assert advanced.vintage_dates(sid) == base.vintage_dates(sid)
+        assert advanced.vintage_dates(sid) == [*base.vintage_dates(sid), day]
+        old, new = base.vintage_rows(sid).to_pylist(), advanced.vintage_rows(sid).to_pylist()
+        kept = [r for r in new if r["realtime_start"] < day]
+        assert len(kept) == len(old) and len(new) > len(old)
+        for was, now in zip(old, kept):
+            assert {**now, "realtime_end": None} == {**was, "realtime_end": None}
+            closed = was["realtime_end"] == REALTIME_END_MAX and now["realtime_end"] == day - timedelta(days=1)
+            assert now["realtime_end"] == was["realtime_end"] or closed
+        current = {r["date"]: r["value"] for r in new if r["realtime_end"] == REALTIME_END_MAX}
+        assert current == dict(zip(advanced.observations(sid)["date"].to_pylist(),
+                                   advanced.observations(sid)["value"].to_pylist()))
 
 
 # ------------------------------------------------------------------ endpoints

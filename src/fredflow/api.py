@@ -43,9 +43,10 @@ def ingest(db: str | Path, catalog: CatalogSpec | None = None, *, settings: Sett
     return make_runner(run).execute(run, settings or Settings.from_env(), progress or NullProgress())
 
 
-def backfill(db: str | Path, catalog: CatalogSpec, *, start: date, end: date | None = None, window: str = "10y",
+def backfill(db: str | Path, catalog: CatalogSpec, *, start: date, end: date | None = None, window: str | None = None,
              **options: Any) -> RunSummary:
-    """``[start, end]`` × the catalog as window × series batches, merged in one transaction (see :func:`ingest`)."""
+    """``[start, end]`` × the catalog, merged in one transaction (see :func:`ingest`): one request page per
+    100,000 rows of each series; with ``window`` (e.g. ``"10y"``) window × series batches instead."""
     return ingest(db, catalog, start=start, end=end, window=window, mode=Mode.BACKFILL, **options)
 
 

@@ -8,16 +8,61 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from datetime import date
 from pathlib import Path
 
 import orjson
 
-from .errors import EXIT_FATAL, EXIT_USAGE, FatalRunError, FredflowError, UsageError
+from .errors import EXIT_FATAL, EXIT_USAGE, FatalRunError, FredflowError, Interrupted, UsageError
+from .redact import install_log_redaction, redact, register_secret
 from .warehouse.cli import add_show_parser, cmd_show
 
 log = logging.getLogger("fredflow")
+
+#: ``fredflow serve``'s deployment: its own name, so it never takes over prefect.yaml's work-pool deployments.
+SERVE_DEPLOYMENT = "fredflow-serve"
+
+#: Exit codes on a signal, as a shell reports them: 128 + the signal number.
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+def _on_signal(signum: int, frame) -> None:  # noqa: ANN001 - signal handler signature
+    # Prefect logs a crashed flow and its tasks with tracebacks: the one line fredflow prints speaks for them
+    for name in ("prefect", "distributed"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    from .fetch import cancel_running_batches
+
+    cancel_running_batches()  # batches on other threads (--runner thread) stop too
+    Interrupted.last_signum = signum
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> None:
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _on_signal)
+
+
+def _interrupted_line(exc: KeyboardInterrupt, args: argparse.Namespace) -> tuple[str, int]:
+    """The one line printed on SIGINT/SIGTERM, and the exit code (130 or 143)."""
+    from .run.execute import ACTIVE_RUN
+
+    signum = getattr(exc, "signum", None) or Interrupted.last_signum or signal.SIGINT
+    name = signal.Signals(signum).name
+    run_id = ACTIVE_RUN.run_id or getattr(args, "run_id", None)
+    db = ACTIVE_RUN.db or getattr(args, "db", None)
+    if ACTIVE_RUN.committed:
+        text = f"interrupted ({name}) after run {run_id} committed; its data is in {db}"
+    elif run_id:
+        text = (f"interrupted ({name}); run {run_id} was not committed, its staged batches are kept: "
+                f"finish it with 'fredflow resume {run_id} --db {db}'")
+    else:
+        text = f"interrupted ({name}) before the run was planned; nothing was committed"
+    return f"fredflow: {text}\n", EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +86,16 @@ def _positive_float(text: str) -> float:
         value = -1.0
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 
@@ -70,6 +125,11 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=_positive_int, help="requests in flight for the whole run (default 8)")
     parser.add_argument("--timeout", type=_positive_float, help="seconds before a request is retried (default 30)")
     parser.add_argument("--max-attempts", type=_positive_int, help="attempts per request on 5xx/timeouts (default 5)")
+    parser.add_argument("--max-retry-after", type=_positive_float, metavar="SECONDS",
+                        help="longest wait a 429's Retry-After may ask (default 60); a longer one waits this "
+                             "and counts against --max-attempts")
+    parser.add_argument("--max-body-bytes", type=_positive_int, metavar="N",
+                        help="largest response body read (default 64 MiB); a longer one is a format error")
 
 
 def _add_db_and_catalog(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +161,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch_size: bool = True
         parser.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
                             help="series per batch (default auto)")
     parser.add_argument("--staging-dir", help="where runs stage files: a folder or a URI (s3://bucket/prefix, gs://…; default: beside the db)")
+    parser.add_argument("--lock-timeout", type=_non_negative_float, metavar="SECONDS",
+                        help="how long the merge waits for another program (a notebook) to release the "
+                             "database (default 300); then exit 1, the run resumable")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object with the summary")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -115,9 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--mode", choices=("full", "incremental"), default="full",
                         help="full: every series (default); incremental: only series changed since the last run "
                              "(the first run loads everything)")
-    ingest.add_argument("--revision-window", default="2y", metavar="SPAN",
-                        help="incremental: re-fetch a changed series from its last observation minus this "
-                             "(default 2y; e.g. 18m, 90d)")
+    ingest.add_argument("--revision-window", default=None, metavar="SPAN",
+                        help="incremental, opt-in: re-fetch a changed series only from its last observation minus "
+                             "this (e.g. 2y; default: the whole series, so revisions anywhere are applied; a window "
+                             "saves bytes, not requests, and misses older revisions)")
     ingest.add_argument("--reset-state", action="store_true",
                         help="forget what earlier runs fetched: this run is an initial load")
     ingest.add_argument("--start", type=_date, help="first observation date, YYYY-MM-DD")
@@ -130,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_and_catalog(backfill)
     backfill.add_argument("--start", type=_date, required=True, help="first observation date, YYYY-MM-DD")
     backfill.add_argument("--end", type=_date, help="last observation date (default: through the latest)")
-    backfill.add_argument("--window", default="10y", metavar="SPAN",
-                          help="length of one window of observation dates (default 10y; e.g. 5y, 18m)")
+    backfill.add_argument("--window", default=None, metavar="SPAN",
+                          help="cut the range into windows of this length (e.g. 10y, 18m; default none: one request "
+                               "per 100,000 rows of each series, the fewest; a window pays only without a rate limit)")
     _add_vintage_options(backfill)
     _add_run_options(backfill)
 
@@ -148,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", type=Path, required=True, help="DuckDB file the scheduled runs ingest into")
     _add_catalog_options(serve)
     serve.add_argument("--api-url", help="FRED API base URL (env FRED_API_URL); the key comes from FRED_API_KEY")
+    serve.add_argument("--api-key-secret", metavar="BLOCK",
+                       help="name of a Prefect Secret block holding the key (instead of FRED_API_KEY)")
     serve.add_argument("--rate", type=_positive_float, help="requests per second for each run (default 2)")
     serve.add_argument("--concurrency", type=_positive_int, help="requests in flight for each run (default 8)")
     serve.add_argument("--runner", choices=("thread", "dask"), default="dask")
@@ -155,13 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads-per-worker", type=_positive_int, default=4)
     serve.add_argument("--cron", default="0 6 * * *", help="schedule (default 06:00 every day)")
     serve.add_argument("--timezone", default="America/Chicago", help="schedule time zone (default America/Chicago)")
-    serve.add_argument("--name", default="daily-incremental", help="deployment name")
+    serve.add_argument("--name", default=SERVE_DEPLOYMENT,
+                       help=f"deployment name (default {SERVE_DEPLOYMENT}; never a work-pool deployment's)")
 
     runs = commands.add_parser("runs", help="list recent runs recorded in the database")
     runs.add_argument("--db", type=Path, required=True)
     runs.add_argument("--limit", type=_positive_int, default=20)
     runs.add_argument("--json", action="store_true")
     runs.add_argument("--staging-dir", help="where runs were staged, if not beside the db")
+
+    changes = commands.add_parser("changes", help="list the revision log: values runs revised, deleted or added")
+    changes.add_argument("--db", type=Path, required=True)
+    since = changes.add_mutually_exclusive_group()
+    since.add_argument("--since", type=_date, help="runs that finished on or after this date, YYYY-MM-DD")
+    since.add_argument("--run", dest="run_id", metavar="RUN_ID", help="one run's changes")
+    changes.add_argument("--series", help="comma-separated series ids (default all)")
+    changes.add_argument("--json", action="store_true", help="print exactly one JSON array of changes")
 
     commands.add_parser("sim", help="start the embedded FRED-compatible simulator (see 'fredflow sim --help')",
                         add_help=False)
@@ -177,7 +253,8 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
 
     given = dict(api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
                  concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts,
-                 quota_address=getattr(args, "quota_address", None))
+                 max_retry_after=args.max_retry_after, max_body_bytes=args.max_body_bytes,
+                 lock_timeout=getattr(args, "lock_timeout", None), quota_address=getattr(args, "quota_address", None))
     try:
         return Settings.from_env(**{**(stored or {}), **{k: v for k, v in given.items() if v is not None}})
     except ValueError as exc:  # pydantic validation
@@ -212,9 +289,9 @@ def _execute(args: argparse.Namespace, settings=None, **run) -> int:
             progress=for_terminal(quiet=args.quiet or args.json and not sys.stderr.isatty()),
             **_runner_options(args), **run,
         )
-    except FatalRunError as exc:
-        if args.json:
-            sys.stdout.write(orjson.dumps({"status": "failed", "error": str(exc)}).decode() + "\n")
+    except FredflowError as exc:
+        if args.json and not isinstance(exc, UsageError):
+            sys.stdout.write(orjson.dumps({"status": "failed", "error": redact(exc)}).decode() + "\n")
         raise
     if args.json:
         sys.stdout.write(orjson.dumps(summary.to_dict()).decode() + "\n")
@@ -227,6 +304,8 @@ def _execute(args: argparse.Namespace, settings=None, **run) -> int:
         print(f"run {summary.run_id} {summary.status}: {summary.n_series} series{scope}, {summary.n_rows:,} rows, "
               f"{summary.n_failed} failed, {summary.requests} requests ({summary.retries} retries, "
               f"{summary.throttled} throttled) in {summary.seconds:.1f}s; "
+              + (f"{summary.n_revised} revised, {summary.n_deleted} deleted, {summary.n_added} added "
+                 "(fredflow changes); " if summary.n_revised or summary.n_deleted or summary.n_added else "")
               + (f"fetch at {summary.achieved_rps:.1f} req/s = {summary.utilization:.0%} of --rate"
                  if summary.achieved_rps else "fetch too short to measure its rate"))
         if summary.failed:
@@ -256,11 +335,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve ``fredflow-ingest`` on a cron schedule until interrupted (for users without a work pool)."""
+    """Serve ``fredflow-ingest`` on a cron schedule until interrupted (for users without a work pool).
+
+    The deployment is ``fredflow-ingest/<--name>``: it refuses a name that a work-pool deployment
+    (``prefect deploy``) already has, which ``flow.serve`` would otherwise take over and pause on exit.
+    """
     import os
 
-    if not os.environ.get("FRED_API_KEY"):
-        raise UsageError("set FRED_API_KEY in the environment of 'fredflow serve': scheduled runs read it from there")
+    if not args.api_key_secret and not os.environ.get("FRED_API_KEY"):
+        raise UsageError("set FRED_API_KEY in the environment of 'fredflow serve' (scheduled runs read it "
+                         "from there) or name a Prefect Secret block with --api-key-secret")
     from prefect.schedules import Cron
 
     from .options import RunOptions
@@ -274,12 +358,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = RunOptions.build(db=args.db.resolve(), catalog=spec, mode="incremental", runner=args.runner, **shape)
     settings = {k: v for k, v in {"api_url": args.api_url, "rate": args.rate,
                                   "concurrency": args.concurrency}.items() if v is not None}
+    parameters = {"options": options.model_dump(mode="json"), "settings": settings}
+    if args.api_key_secret:
+        parameters["api_key_secret"] = args.api_key_secret
     with prefect_api() as api_url:
-        log.info("serving deployment %r (%s %s) against the Prefect API at %s; Ctrl-C stops",
-                 args.name, args.cron, args.timezone, api_url)
+        _refuse_work_pool_deployment(f"{ingest_flow.name}/{args.name}")
+        log.info("serving deployment '%s/%s' (%s %s) against the Prefect API at %s; Ctrl-C stops",
+                 ingest_flow.name, args.name, args.cron, args.timezone, api_url)
         ingest_flow.serve(name=args.name, schedules=[Cron(args.cron, timezone=args.timezone)],
-                          parameters={"options": options.model_dump(mode="json"), "settings": settings})
+                          parameters=parameters, tags=["fredflow", "serve"])
     return 0
+
+
+def _refuse_work_pool_deployment(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return
+    if existing.work_pool_name:
+        raise UsageError(f"deployment '{name}' runs on work pool '{existing.work_pool_name}' (prefect deploy); "
+                         f"'fredflow serve' would take it over: pick another --name (default {SERVE_DEPLOYMENT})")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -321,7 +423,32 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_changes(args: argparse.Namespace) -> int:
+    """The revision log (table ``revisions``), oldest run first."""
+    from datetime import datetime, timezone
+
+    from .destinations.duckdb import read_revisions
+
+    if not args.db.exists():
+        raise UsageError(f"no database at {args.db}")
+    since = datetime(args.since.year, args.since.month, args.since.day, tzinfo=timezone.utc) if args.since else None
+    series = [s.strip() for s in args.series.split(",") if s.strip()] if args.series else None
+    rows = read_revisions(args.db, since=since, run_id=args.run_id, series=series)
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, default=str).decode() + "\n")
+        return 0
+    for r in rows:
+        old = "" if r["kind"] == "added" else ("." if r["old_value"] is None else repr(r["old_value"]))
+        new = "" if r["kind"] == "deleted" else ("." if r["new_value"] is None else repr(r["new_value"]))
+        print(f"{r['run_id']}  {r['series_id']}  {r['date']}  {r['kind']:<7}  {old} -> {new}")
+    kinds = {kind: sum(1 for r in rows if r["kind"] == kind) for kind in ("revised", "deleted", "added")}
+    print(f"{len(rows)} changes: {kinds['revised']} revised, {kinds['deleted']} deleted, {kinds['added']} added",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    called_as_program = argv is None  # the console script: a signal may end the process at once
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sim"]:
         from .sim.__main__ import main as sim_main
@@ -336,22 +463,45 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "asyncio", "distributed", "prefect"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import os
+
+    # Dask's worker processes leave semaphores to multiprocessing's resource tracker; after a signal its
+    # "leaked semaphore" warning would print after fredflow's last line
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
+    register_secret(getattr(args, "api_key", None))
+    register_secret(os.environ.get("FRED_API_KEY"))
+    from . import redact as _redact
+
+    _redact.CONSOLE_TRACEBACKS = args.verbose  # -v keeps other libraries' tracebacks (redacted)
+    install_log_redaction()
+    _install_signal_handlers()
     try:
         commands = {"ingest": cmd_ingest, "backfill": cmd_backfill, "resume": cmd_resume, "runs": cmd_runs,
-                    "serve": cmd_serve, "show": cmd_show}
+                    "serve": cmd_serve, "show": cmd_show, "changes": cmd_changes}
         return commands[args.command](args)
     except UsageError as exc:
-        sys.stderr.write(f"fredflow: error: {exc}\n")
+        sys.stderr.write(f"fredflow: error: {redact(exc)}\n")
         return EXIT_USAGE
     except FatalRunError as exc:
-        sys.stderr.write(f"fredflow: fatal: {exc} (nothing was committed)\n")
+        sys.stderr.write(f"fredflow: fatal: {redact(exc)} (nothing was committed)\n")
         return EXIT_FATAL
     except FredflowError as exc:
-        sys.stderr.write(f"fredflow: fatal: {exc}\n")
+        sys.stderr.write(f"fredflow: fatal: {redact(exc)}\n")
         return EXIT_FATAL
-    except KeyboardInterrupt:
-        sys.stderr.write("fredflow: interrupted; nothing was committed\n")
-        return 130
+    except KeyboardInterrupt as exc:
+        line, code = _interrupted_line(exc, args)
+        sys.stderr.write(redact(line))
+        if called_as_program:
+            # every finally has run (merge rolled back, Prefect server and cluster stopped, locks released);
+            # do not wait at interpreter exit for threads still draining a request
+            sys.stdout.flush()
+            sys.stderr.flush()
+            import os as _os
+
+            _os._exit(code)
+        return code
+    finally:
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

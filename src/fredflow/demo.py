@@ -21,9 +21,18 @@ from .sources.fred.catalog import CatalogSpec
 from .settings import Settings
 from .sim.process import SimProcess
 from .sim.server import DEMO_API_KEY
+from .warehouse import Warehouse
 
 DB = Path("data/demo.duckdb")
 N_SERIES = 300
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401 - a dev dependency; without it the Arrow table is printed
+    except ImportError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -44,8 +53,9 @@ def main() -> int:
         print(f"\nthe simulator moves one day on: {len(changed)} series get a new observation and revisions; "
               "a daily incremental run fetches only those …", flush=True)
         daily = ingest(DB, CatalogSpec(release=1), settings=settings, mode="incremental", progress=for_terminal())
-        print(f"  incremental run: {daily.n_series} of {daily.n_catalog} series fetched, {daily.requests} requests, "
-              f"{daily.n_rows:,} rows upserted in {daily.seconds:.1f}s")
+        print(f"  incremental run: {daily.n_series} of {daily.n_catalog} series fetched whole, {daily.requests} requests, "
+              f"{daily.n_rows:,} rows in {daily.seconds:.1f}s: {daily.n_revised} values revised, "
+              f"{daily.n_deleted} deleted, {daily.n_added} added (see 'fredflow changes --db {DB}')")
     con = duckdb.connect(str(DB), read_only=True)
     try:
         print("\nlargest series in the warehouse:")
@@ -61,6 +71,12 @@ def main() -> int:
                 "FROM ingest_runs ORDER BY started_at DESC LIMIT 5").show()
     finally:
         con.close()
+    monthly = [sid for sid in Warehouse(DB).series().to_pylist() if sid["frequency_short"] == "M"][:3]
+    if monthly:
+        ids = [row["series_id"] for row in monthly]
+        print(f"reading it back: Warehouse('{DB}').panel({ids}, start='2020-01-01', freq='q', units='pc1')")
+        print(Warehouse(DB).panel(ids, start="2020-01-01", freq="q", units="pc1").to_pandas().tail(4).to_string(index=False)
+              if _has_pandas() else Warehouse(DB).panel(ids, start="2020-01-01", freq="q", units="pc1").slice(-4))
     print(f"open it yourself:  uv run python -c \"import duckdb; print(duckdb.connect('{DB}').sql('FROM series LIMIT 5'))\"")
     return summary.exit_code or daily.exit_code
 

@@ -10,6 +10,7 @@ key refused) propagates at once and leaves no manifest for the batch.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 
@@ -77,11 +78,25 @@ class FetchContext:
             await self.limiter.close()
 
 
+_RUNNING: set[tuple[asyncio.AbstractEventLoop, asyncio.Task]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def cancel_running_batches() -> None:
+    """Cancel every :func:`fetch_batch` running in this process, on whatever thread's event loop: on a
+    signal, the Prefect thread runner's tasks stop now instead of fetching to the end of their batch."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for loop, task in running:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
+
 async def _fetch_series(client: FredClient, batch: Batch, position: int):
     series_id = batch.series_ids[position]
     meta = await client.series(series_id) if batch.fetch_metadata else None
     if batch.vintages:
-        rows = await client.vintages(series_id, batch.realtime_start or VINTAGE_EARLIEST,
+        rows = await client.vintages(series_id, batch.realtime_start_of(position) or VINTAGE_EARLIEST,
                                      batch.realtime_end or VINTAGE_LATEST,
                                      observation_start=batch.start_of(position), observation_end=batch.end,
                                      max_vintage_dates=VINTAGES_PER_REQUEST)
@@ -93,6 +108,17 @@ async def _fetch_series(client: FredClient, batch: Batch, position: int):
 async def fetch_batch(batch: Batch, staging: RunStaging, ctx: FetchContext) -> BatchManifest:
     """Fetch every series of ``batch`` (bounded by ``ctx.semaphore``) and stage it."""
     fatal_at("fetch-batch", str(batch.index))
+    current = (asyncio.get_running_loop(), asyncio.current_task())
+    with _RUNNING_LOCK:
+        _RUNNING.add(current)
+    try:
+        return await _fetch_batch(batch, staging, ctx)
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(current)
+
+
+async def _fetch_batch(batch: Batch, staging: RunStaging, ctx: FetchContext) -> BatchManifest:
     started = time.perf_counter()
     stats = RequestStats()
     manifest = BatchManifest(batch_index=batch.index, batch_key=batch.key)

@@ -92,8 +92,8 @@ def _span_field(flag: str) -> Any:
 WindowSpan = _span_field("--window")
 RevisionSpan = _span_field("--revision-window")
 
-DEFAULT_WINDOW = Span(10, "y")
-DEFAULT_REVISION_WINDOW = Span(2, "y")
+DEFAULT_WINDOW = Span(10, "y")  # what --window meant by default before backfills were planned by pages
+DEFAULT_REVISION_WINDOW = Span(2, "y")  # what --revision-window meant by default before it became opt-in
 
 #: Runner options: which runners they apply to.
 RUNNER_FIELDS = {"workers": ("dask",), "threads_per_worker": ("dask",), "thread_slots": ("thread",),
@@ -116,15 +116,19 @@ class RunOptions(BaseModel):
     catalog: CatalogSpec | None = None
     """Which series: exactly one of explicit ids, a file of ids, a release or a category (None only to resume)."""
     mode: Mode = Mode.FULL
-    """full, incremental or backfill (see :class:`Mode`)."""
+    """full, incremental or backfill (see :class:`Mode`). With ``vintages``, incremental fetches only the
+    series whose ``last_updated`` moved, and of each only the vintages after the newest one stored."""
     start: date | None = None
     """First observation date (backfill: required)."""
     end: date | None = None
     """Last observation date (default: through the latest)."""
     window: WindowSpan | None = None
-    """Backfill: length of one window of observation dates (default 10y)."""
-    revision_window: RevisionSpan = DEFAULT_REVISION_WINDOW
-    """Incremental: a changed series is re-fetched from its last stored observation minus this."""
+    """Backfill: cut ``[start, end]`` into windows of this length (default none: one request page per
+    100,000 rows of each series, the fewest requests; a window pays only on a server without a rate limit)."""
+    revision_window: RevisionSpan | None = None
+    """Incremental, opt-in: re-fetch a changed series only from its last stored observation minus this
+    (default none: the whole series, so a revision anywhere in its history is applied; a window
+    saves bytes, not requests, and loses revisions older than it)."""
     reset_state: bool = False
     """Forget the stored state of the catalog's series: this run is an initial load for them."""
     vintages: bool = False
@@ -177,8 +181,11 @@ class RunOptions(BaseModel):
             raise UsageError("--reset-state needs a run that stores state: without --end and without --vintages")
         if self.window is not None and not backfill:
             raise UsageError("--window applies to backfills only ('fredflow backfill')")
-        if self.vintages and self.mode == Mode.INCREMENTAL:
-            raise UsageError("--vintages needs --mode full or a backfill, not incremental")
+        if self.revision_window is not None and self.mode != Mode.INCREMENTAL:
+            raise UsageError("--revision-window applies to --mode incremental only")
+        if self.vintages and self.mode == Mode.INCREMENTAL and not self.stores_vintage_state:
+            raise UsageError("--vintages --mode incremental keeps whole histories up to date: "
+                             "no --start/--end/--realtime-start/--realtime-end")
         if (self.realtime_start or self.realtime_end) and not self.vintages:
             raise UsageError("--realtime-start/--realtime-end need --vintages")
         if self.handback is not None and self.runner != RunnerName.DASK:
@@ -206,8 +213,16 @@ class RunOptions(BaseModel):
             raise UsageError(f"{where}: {first['msg']}") from None
 
     @property
-    def backfill_window(self) -> Span:
-        return self.window or DEFAULT_WINDOW
+    def backfill_window(self) -> Span | None:
+        """The explicit ``--window`` (None: a backfill is planned by request pages, not by time)."""
+        return self.window
+
+    @property
+    def stores_vintage_state(self) -> bool:
+        """Whether a vintage run fetches whole histories (every date, every vintage): it records each
+        series' newest vintage date in ``vintage_state``, from which an incremental vintage run goes on."""
+        return (self.vintages and self.start is None and self.end is None and self.realtime_start is None
+                and self.realtime_end is None)
 
     @property
     def stores_state(self) -> bool:
@@ -225,7 +240,7 @@ class RunOptions(BaseModel):
             "runner_options": self.runner_options(), "batch_size": self.batch_size or "auto",
             "start": self.start, "end": self.end, "mode": str(self.mode),
             "window": str(self.window) if self.window else None,
-            "revision_window": str(self.revision_window) if self.mode == Mode.INCREMENTAL else None,
+            "revision_window": str(self.revision_window) if self.revision_window else None,
             "reset_state": self.reset_state, "vintages": self.vintages,
             "realtime_start": self.realtime_start, "realtime_end": self.realtime_end, "settings": settings_public,
         }

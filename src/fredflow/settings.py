@@ -38,6 +38,13 @@ class Settings(BaseModel):
     backoff_base: float = Field(0.5, ge=0)
     backoff_max: float = Field(30.0, ge=0)
     page_limit: int = Field(100_000, ge=1, le=100_000)
+    # bounds against a hostile or broken upstream (or a proxy in front of it)
+    max_retry_after: float = Field(60.0, ge=0)  # longest wait a 429's Retry-After may ask; beyond it, an attempt
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # larger answer: a format error (FRED's pages: a few MB)
+    max_count: int = Field(20_000_000, ge=1)  # an announced ``count`` above this is refused, not paged through
+    page_concurrency: int = Field(4, ge=1)  # pages of one series or listing in flight at once
+    # how long the merge waits for DuckDB's write lock (a notebook, a dashboard holding the file) before giving up
+    lock_timeout: float = Field(300.0, ge=0)
     # DuckDB's memory cap during the merge: above it, the upsert's hash join spills to <db>.tmp
     # instead of growing (re-merging 20M rows: 0.57 GiB peak at 512MB, 1.57 GiB uncapped; merge_strategies.py).
     merge_memory_limit: str = Field("512MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")

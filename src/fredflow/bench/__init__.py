@@ -2,7 +2,8 @@
 
 Entry point: :func:`main` (argparse; see ``fredflow bench --help``). Modules:
 :mod:`~fredflow.bench.scenarios` (named workloads), :mod:`~fredflow.bench.harness`
-(the loop), :mod:`~fredflow.bench.worker` (one measured run, its own process),
+(the loop), :mod:`~fredflow.bench.processes` (machine facts, the display, one measured
+run as a subprocess), :mod:`~fredflow.bench.worker` (one measured run, its own process),
 :mod:`~fredflow.bench.sequential` (the one-request-at-a-time baseline),
 :mod:`~fredflow.bench.overhead` (Prefect per-task overhead),
 :mod:`~fredflow.bench.results` (schema, medians, ratios, targets),

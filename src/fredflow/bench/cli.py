@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"fredflow bench: error: {exc}\n")
         return EXIT_USAGE
 
-    from .harness import Bench, Display, machine_info, make_work_dir, new_session_id
+    from .harness import Bench, make_work_dir, new_session_id
+    from .processes import Display, machine_info
     from .results import write_csv, write_json
 
     command = args.command_label or "fredflow bench " + shlex.join(argv)

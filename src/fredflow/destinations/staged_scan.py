@@ -8,26 +8,25 @@ pushed down), so the merge stays inside its one transaction and flat in memory w
 
 from __future__ import annotations
 
-import itertools
-
 import duckdb
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-
-_names = itertools.count()
 
 
 def is_local(filesystem: pafs.FileSystem | None) -> bool:
     return filesystem is None or isinstance(filesystem, pafs.LocalFileSystem)
 
 
-def staged(con: duckdb.DuckDBPyConnection, files: list[str], filesystem: pafs.FileSystem | None,
-           params: dict, param: str = "files") -> str:
-    """A table expression over ``files`` for the merge's SQL: ``read_parquet($param)`` (with ``params[param]``
-    set) on a local disk, else the name of an Arrow dataset registered on ``con``."""
+def staged(con: duckdb.DuckDBPyConnection, name: str, files: list[str],
+           filesystem: pafs.FileSystem | None) -> str | None:
+    """Make ``name`` a table of the staged ``files`` on ``con`` for the merge's SQL and return it (None: no files).
+
+    On a local disk a temporary view over ``read_parquet`` of the files; elsewhere an Arrow dataset
+    through ``filesystem``. Either is scanned afresh by every statement that names it."""
+    if not files:
+        return None
     if is_local(filesystem):
-        params[param] = files
-        return f"read_parquet(${param})"
-    name = f"fredflow_staged_{next(_names)}"
-    con.register(name, ds.dataset(files, filesystem=filesystem, format="parquet"))
+        con.read_parquet(files).create_view(name, replace=True)
+    else:
+        con.register(name, ds.dataset(files, filesystem=filesystem, format="parquet"))
     return name

@@ -40,6 +40,7 @@ class Batch:
     vintages: bool = False
     realtime_start: date | None = None
     realtime_end: date | None = None
+    realtime_starts: tuple[date | None, ...] | None = None  # incremental vintages: each series' newest stored vintage
 
     def __len__(self) -> int:
         return len(self.series_ids)
@@ -50,6 +51,11 @@ class Batch:
         if own is None:
             return self.start
         return max(own, self.start) if self.start else own
+
+    def realtime_start_of(self, position: int) -> date | None:
+        """First vintage date to fetch for the series at ``position``: its own (incremental) or the batch's."""
+        own = self.realtime_starts[position] if self.realtime_starts is not None else None
+        return own or self.realtime_start
 
     @property
     def key(self) -> str:
@@ -63,8 +69,30 @@ class Batch:
             "starts": [iso_or_none(d) for d in self.starts] if self.starts is not None else None,
             "vintages": self.vintages, "realtime_start": iso_or_none(self.realtime_start),
             "realtime_end": iso_or_none(self.realtime_end),
+            **({"realtime_starts": [iso_or_none(d) for d in self.realtime_starts]}
+               if self.realtime_starts is not None else {}),
         }
 
+
+
+#: Observations a year, by FRED ``frequency_short`` (``Daily, 7-Day`` is told apart by its long name).
+PERIODS_PER_YEAR = {"D": 261.0, "W": 52.18, "BW": 26.09, "M": 12.0, "Q": 4.0, "SA": 2.0, "A": 1.0}
+
+
+def expected_pages(frequency: str | None, frequency_short: str | None, first: date | None, last: date | None,
+                   *, start: date | None = None, end: date | None = None, page_limit: int = 100_000) -> int:
+    """Requests ``series/observations`` needs for one series' ``[start, end]``: its rows estimated from its
+    observed range (``observation_start/end``) and frequency, in pages of ``page_limit`` (at least 1).
+    An estimate for planning only: the client reads FRED's ``count`` from the first page and fetches
+    exactly the pages it announces."""
+    per_year = 365.25 if (frequency or "").startswith("Daily, 7") else PERIODS_PER_YEAR.get(frequency_short or "")
+    if per_year is None or first is None or last is None:
+        return 1
+    lo, hi = max(first, start) if start else first, min(last, end) if end else last
+    if hi < lo:
+        return 1
+    rows = (hi - lo).days / 365.25 * per_year + 1
+    return max(1, math.ceil(rows / page_limit))
 
 
 def iso_or_none(day: date | None) -> str | None:
@@ -89,6 +117,7 @@ def iter_batches(
     vintages: bool = False,
     realtime_start: date | None = None,
     realtime_end: date | None = None,
+    realtime_starts: Sequence[date | None] | None = None,
 ) -> Iterator[Batch]:
     """Yield consecutive batches of at most ``batch_size`` ids, lazily.
 
@@ -113,9 +142,10 @@ def iter_batches(
             chosen = positions[offset:offset + batch_size]
             chunk = tuple(series_ids[i] for i in chosen)
             chunk_starts = tuple(starts[i] for i in chosen) if starts is not None else None
+            chunk_realtime = tuple(realtime_starts[i] for i in chosen) if realtime_starts is not None else None
             # metadata once per series: with the first window's batch
             yield Batch(index, chunk, window_start, window_end, fetch_metadata and window_number == 0, chunk_starts,
-                        vintages, realtime_start, realtime_end)
+                        vintages, realtime_start, realtime_end, chunk_realtime)
             index += 1
 
 

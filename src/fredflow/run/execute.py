@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from contextlib import AbstractContextManager
 from typing import Any, Callable
 
 from ..destinations.duckdb import RunRecord
@@ -22,6 +23,20 @@ from ..testing.failpoints import checkpoint
 from .plan import RunPlan
 
 MIN_RATE_SPAN_S = 1.0  # a fetch phase shorter than this has no meaningful rate
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    """The run this process is running, for what the CLI says when a signal stops it:
+    its id, its database, and whether its merge has already committed."""
+
+    run_id: str | None = None
+    db: str | None = None
+    committed: bool = False
+
+
+#: Set by :func:`run_pipeline` once the run is planned, and by :func:`finish_run` once it commits.
+ACTIVE_RUN = ActiveRun()
 
 
 @dataclass(slots=True)
@@ -46,6 +61,9 @@ class RunSummary:
     n_catalog: int = 0
     n_unchanged: int = 0
     resumed_batches: int = 0
+    n_revised: int = 0  # the run's revision log (table revisions): values changed, removed, added
+    n_deleted: int = 0
+    n_added: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -59,6 +77,7 @@ class RunSummary:
             "achieved_rps": round(self.achieved_rps, 3), "utilization": round(self.utilization, 4),
             "runner": self.runner, "db": self.db, "mode": self.mode, "n_catalog": self.n_catalog,
             "n_unchanged": self.n_unchanged, "resumed_batches": self.resumed_batches,
+            "n_revised": self.n_revised, "n_deleted": self.n_deleted, "n_added": self.n_added,
         }
 
 
@@ -79,9 +98,12 @@ def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
         n_unchanged=plan.n_unchanged,
     )
     checkpoint("after-staging")
-    plan.destination.merge(record, manifests, plan.staging.catalog_files, state=plan.state,
-                           vintage_range=plan.vintage_range if plan.vintages else (None, None),
-                           filesystem=plan.staging.fs)
+    counts = plan.destination.merge(record, manifests, plan.staging.catalog_files, state=plan.state,
+                                    vintage_range=plan.vintage_range if plan.vintages else (None, None),
+                                    slices=plan.replaced_slices(), vintage_starts=plan.vintage_starts(),
+                                    vintages=plan.vintages, filesystem=plan.staging.fs)
+    summary.n_revised, summary.n_deleted, summary.n_added = counts["n_revised"], counts["n_deleted"], counts["n_added"]
+    ACTIVE_RUN.committed = True
     plan.staging.remove()
     return summary
 
@@ -90,7 +112,7 @@ FanOut = Callable[[RunPlan, Progress], list[BatchManifest]]
 Merge = Callable[[RunPlan, list[BatchManifest]], RunSummary]
 
 
-def run_pipeline(destination_lock, make_plan: Callable[[], RunPlan], fan_out: FanOut,  # noqa: ANN001
+def run_pipeline(destination_lock: AbstractContextManager[None], make_plan: Callable[[], RunPlan], fan_out: FanOut,
                  progress: Progress, merge: Merge = finish_run) -> RunSummary:
     """Plan → fan the batches out → merge in one transaction, under the database's run lock.
 
@@ -103,6 +125,7 @@ def run_pipeline(destination_lock, make_plan: Callable[[], RunPlan], fan_out: Fa
     """
     with destination_lock:  # one run at a time per database
         plan = make_plan()
+        ACTIVE_RUN.run_id, ACTIVE_RUN.db, ACTIVE_RUN.committed = plan.run_id, str(plan.db), False
         try:
             # progress counts series × windows of the batches still to fetch
             pending_units = sum(len(b) for b in plan.batches())

@@ -11,11 +11,13 @@ that succeeds is on disk before any batch is fetched, so a killed run can be res
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -32,11 +34,11 @@ from ..sources.fred.changes import Selection, current_watermark, select_changed
 from ..sources.fred.client import FredClient, RequestStats, new_session
 from ..staging import BatchManifest, RunStaging, run_folders
 from ..state import SeriesState, StateUpdate
-from .batches import Batch, auto_batch_size, date_or_none, iso_or_none, iter_batches, windows
+from .batches import Batch, auto_batch_size, date_or_none, expected_pages, iso_or_none, iter_batches, windows
 
 log = logging.getLogger("fredflow")
 
-PLAN_FORMAT = 1  # version of plan.json
+PLAN_FORMAT = 1  # version of plan.json (realtime_starts, when absent, reads as None)
 
 
 def new_run_id() -> str:
@@ -51,21 +53,25 @@ class SeriesGroup:
     fetch_metadata: bool
     starts: list[date | None] | None = None
     spans: list[tuple[date | None, date | None] | None] | None = None  # backfill: each series' observed range
+    realtime_starts: list[date | None] | None = None  # incremental vintages: each series' newest stored vintage
 
     def to_dict(self) -> dict[str, Any]:
         spans = None
         if self.spans is not None:
             spans = [[iso_or_none(span[0]), iso_or_none(span[1])] if span else None for span in self.spans]
         return {"series_ids": self.series_ids, "fetch_metadata": self.fetch_metadata,
-                "starts": [iso_or_none(d) for d in self.starts] if self.starts is not None else None, "spans": spans}
+                "starts": [iso_or_none(d) for d in self.starts] if self.starts is not None else None, "spans": spans,
+                "realtime_starts": [iso_or_none(d) for d in self.realtime_starts]
+                if self.realtime_starts is not None else None}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "SeriesGroup":
-        starts, spans = doc.get("starts"), doc.get("spans")
+        starts, spans, realtime = doc.get("starts"), doc.get("spans"), doc.get("realtime_starts")
         return cls(doc["series_ids"], doc["fetch_metadata"],
                    [date_or_none(d) for d in starts] if starts is not None else None,
                    [(date_or_none(span[0]), date_or_none(span[1])) if span else None for span in spans]
-                   if spans is not None else None)
+                   if spans is not None else None,
+                   [date_or_none(d) for d in realtime] if realtime is not None else None)
 
 
 @dataclass(slots=True)
@@ -94,14 +100,15 @@ class RunPlan:
     realtime_start: date | None = None
     realtime_end: date | None = None
     n_catalog: int = 0
-    state: StateUpdate | None = None  # what the merge writes to series_state (None: bounded or vintage run)
+    state: StateUpdate | None = None  # what the merge writes to series_state (vintage_state for a whole-history
+    # vintage run; None: a bounded run)
     done: dict[int, BatchManifest] = field(default_factory=dict)  # staged by an earlier attempt (resume)
     resumed: bool = False
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     clock: float = field(default_factory=time.perf_counter)
 
     @property
-    def db(self):  # noqa: ANN201 - a Path
+    def db(self) -> Path:
         return self.destination.path
 
     @property
@@ -124,13 +131,37 @@ class RunPlan:
     def job(self) -> RunJob:
         return RunJob(self.run_id, self.staging_root, self.settings)
 
+    def replaced_slices(self) -> list[tuple[str, date | None, date | None]]:
+        """``(series_id, first, last)`` of observation dates the run fetched whole for each series (None: open).
+
+        The merge replaces exactly these slices of every series that succeeded: rows FRED no longer
+        serves there are deleted, revised ones updated (a run with ``--start/--end`` replaces only that
+        slice; an incremental run with ``--revision-window`` only from each series' own start)."""
+        if self.vintages:
+            return []
+        first, last = self.windows[0][0], self.windows[-1][1]
+        out = []
+        for group in self.groups:
+            for position, series_id in enumerate(group.series_ids):
+                own = group.starts[position] if group.starts is not None else None
+                start = max(own, first) if own and first else (own or first)
+                out.append((series_id, start, last))
+        return out
+
+    def vintage_starts(self) -> list[tuple[str, date]]:
+        """``(series_id, newest stored vintage date)`` of the series an incremental vintage run continues:
+        the merge stitches what was fetched from that date onto the stored history."""
+        return [(sid, start) for group in self.groups if group.realtime_starts is not None
+                for sid, start in zip(group.series_ids, group.realtime_starts) if start is not None]
+
     def all_batches(self) -> Iterator[Batch]:
         index = 0
         for group in self.groups:
             for batch in iter_batches(group.series_ids, self.batch_size, windows=self.windows,
                                       fetch_metadata=group.fetch_metadata, starts=group.starts, spans=group.spans,
                                       first_index=index, vintages=self.vintages,
-                                      realtime_start=self.realtime_start, realtime_end=self.realtime_end):
+                                      realtime_start=self.realtime_start, realtime_end=self.realtime_end,
+                                      realtime_starts=group.realtime_starts):
                 index = batch.index + 1
                 yield batch
 
@@ -173,8 +204,8 @@ async def _select(options: RunOptions, settings: Settings, stats: RequestStats, 
             return catalog, selection, selection.checked_through
         # before anything else is read: an update published after this is newer, so the next run sees it
         checked_through = (await current_watermark(catalog, client)) if stamp else None
-        if options.mode == Mode.BACKFILL:
-            # a backfill needs each series' observed range to skip windows it does not reach
+        if options.mode == Mode.BACKFILL and options.window is not None:
+            # a windowed backfill needs each series' observed range to skip windows it does not reach
             catalog = await with_metadata(catalog, client)
         return catalog, None, checked_through
 
@@ -186,15 +217,45 @@ def _spans(series_ids: list[str], metadata: pa.Table) -> list[tuple[date | None,
     return [known.get(sid) for sid in series_ids]
 
 
-def _groups(options: RunOptions, resolved: Catalog, selection: Selection | None) -> list[SeriesGroup]:
+def _groups(options: RunOptions, resolved: Catalog, selection: Selection | None,
+            state: dict[str, SeriesState] | None = None) -> list[SeriesGroup]:
     explicit = resolved.metadata is None  # ids given: metadata comes per series (or from series/updates)
-    if selection is None and options.mode == Mode.BACKFILL:
+    if selection is None and options.mode == Mode.BACKFILL and options.window is not None:
         return [SeriesGroup(resolved.series_ids, False, spans=_spans(resolved.series_ids, resolved.metadata))]
     if selection is None:
         return [SeriesGroup(resolved.series_ids, fetch_metadata=explicit)]
+    if options.vintages:  # each changed series from its newest stored vintage date (state: last_observation_date)
+        def newest(ids: list[str]) -> list[date | None]:
+            return [state[sid].last_observation_date if state and sid in state else None for sid in ids]
+
+        return [g for g in (SeriesGroup(selection.changed, False, realtime_starts=newest(selection.changed)),
+                            SeriesGroup(selection.recheck, True, realtime_starts=newest(selection.recheck)),
+                            SeriesGroup(selection.new, fetch_metadata=explicit)) if g.series_ids]
     return [g for g in (SeriesGroup(selection.changed, False, selection.starts),
                         SeriesGroup(selection.recheck, True, selection.recheck_starts),
                         SeriesGroup(selection.new, fetch_metadata=explicit)) if g.series_ids]
+
+
+def _planned_pages(groups: list[SeriesGroup], listing: pa.Table | None, options: RunOptions,
+                   page_limit: int) -> int | None:
+    """The observation requests the run should need, estimated from the listing's metadata (None: no
+    metadata known before fetching, or a vintage run)."""
+    if listing is None or options.vintages or not listing.num_rows:
+        return None
+    meta = {row["series_id"]: row for row in listing.select(
+        ["series_id", "frequency", "frequency_short", "observation_start", "observation_end"]).to_pylist()}
+    total = 0
+    for group in groups:
+        for position, sid in enumerate(group.series_ids):
+            row = meta.get(sid)
+            if row is None:
+                total += 1
+                continue
+            own = group.starts[position] if group.starts is not None else None
+            total += expected_pages(row["frequency"], row["frequency_short"], row["observation_start"],
+                                    row["observation_end"], start=own or options.start, end=options.end,
+                                    page_limit=page_limit)
+    return total
 
 
 def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhead: float = 0.0) -> RunPlan:
@@ -208,7 +269,8 @@ def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhe
     if options.resume is not None:
         return resume_plan(options, settings)
     require_key(settings)
-    destination = DuckDBDestination(options.db, memory_limit=settings.merge_memory_limit)
+    destination = DuckDBDestination(options.db, memory_limit=settings.merge_memory_limit,
+                                    lock_timeout=settings.lock_timeout)
     mode, run_id = options.mode, new_run_id()
     parameters = options.parameters(settings.public_dict())
     root = staging_root_for(destination.path, options.staging_dir)
@@ -222,24 +284,30 @@ def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhe
     catalog_stats = RequestStats()
     try:
         # state means "fetched through the latest observation": not after a bounded or vintage run
-        stores_state = options.stores_state
-        state = {} if options.reset_state or mode != Mode.INCREMENTAL else destination.read_state()
+        stores_state = options.stores_state or options.stores_vintage_state
+        state = {} if options.reset_state or mode != Mode.INCREMENTAL else (
+            destination.read_vintage_state() if options.vintages else destination.read_state())
         resolved, selection, checked_through = run_sync(
             lambda: _select(options, settings, catalog_stats, state, stamp=stores_state))
         listing = selection.metadata if selection is not None else resolved.metadata
         if listing is not None and listing.num_rows:
             staging.write_catalog(listing)
-        groups = _groups(options, resolved, selection)
+        groups = _groups(options, resolved, selection, state)
         n_fetch = sum(len(g.series_ids) for g in groups)
         run_windows: list[tuple[date | None, date | None]] = [(options.start, options.end)]
-        if mode == Mode.BACKFILL:
+        if mode == Mode.BACKFILL and options.backfill_window is not None:
+            # time windows only when asked for: without one a backfill is planned by request pages (each
+            # series' whole range in one request per 100,000 rows, the fewest FRED allows)
             run_windows = list(windows(options.start, options.end or date.today(), options.backfill_window))
             if options.end is None:
                 run_windows[-1] = (run_windows[-1][0], None)  # the last window is open: through the latest observation
         explicit = resolved.metadata is None
+        pages = _planned_pages(groups, listing, options, settings.page_limit) if len(run_windows) == 1 else None
+        per_series = (pages / n_fetch if pages and n_fetch else 1.0) + (1.0 if explicit and mode != Mode.INCREMENTAL
+                                                                          else 0.0)
         size = options.batch_size or auto_batch_size(
             n_fetch * len(run_windows), slots=slots, rate=settings.rate, task_overhead=task_overhead,
-            requests_per_series=2.0 if explicit and mode != Mode.INCREMENTAL else 1.0,
+            requests_per_series=per_series,
         )
         run_state = None
         if stores_state:
@@ -259,9 +327,10 @@ def plan_run(options: RunOptions, settings: Settings, *, slots: int, task_overhe
     except BaseException:
         staging.remove()
         raise
-    log.info("run %s (%s): %d of %d catalog series to fetch in %d batches of up to %d%s, runner %s",
+    log.info("run %s (%s): %d of %d catalog series to fetch in %d batches of up to %d%s%s, runner %s",
              run_id, mode, n_fetch, plan.n_catalog, plan.n_batches, size,
-             f" over {len(run_windows)} windows" if len(run_windows) > 1 else "", options.runner)
+             f" over {len(run_windows)} windows" if len(run_windows) > 1 else "",
+             f", about {pages} observation requests (one per 100,000 rows)" if pages else "", options.runner)
     return plan
 
 
@@ -274,7 +343,8 @@ def resume_plan(options: RunOptions, settings: Settings) -> RunPlan:
     that is still running, one already committed, and (unless ``force``) one
     older than a run committed since, whose merge would roll newer data back.
     """
-    destination = DuckDBDestination(options.db, memory_limit=settings.merge_memory_limit)
+    destination = DuckDBDestination(options.db, memory_limit=settings.merge_memory_limit,
+                                    lock_timeout=settings.lock_timeout)
     run_id = options.resume
     root = staging_root_for(destination.path, options.staging_dir)
     staging = RunStaging(root, run_id)
@@ -330,7 +400,7 @@ def resume_plan(options: RunOptions, settings: Settings) -> RunPlan:
     return plan
 
 
-def stored_settings(db, run_id: str, staging_dir=None) -> dict[str, Any]:  # noqa: ANN001 - str | Path
+def stored_settings(db: str | Path, run_id: str, staging_dir: str | Path | None = None) -> dict[str, Any]:
     """The public settings a run was started with (from its staging folder; no api key)."""
     root = staging_root_for(db, staging_dir)
     try:
@@ -353,7 +423,7 @@ class ResumableRun:
     status: str = "resumable"
 
 
-def resumable_runs(db, staging_dir=None) -> list[ResumableRun]:  # noqa: ANN001 - str | Path
+def resumable_runs(db: str | Path, staging_dir: str | Path | None = None) -> list[ResumableRun]:
     """Runs with a staging folder beside ``db`` (or under ``staging_dir``) that were never committed."""
     destination = DuckDBDestination(db)
     folders = run_folders(staging_root_for(destination.path, staging_dir))
@@ -364,6 +434,10 @@ def resumable_runs(db, staging_dir=None) -> list[ResumableRun]:  # noqa: ANN001 
     for staging in folders:
         if staging.run_id in committed or not staging.has("run.json"):
             continue
+        with contextlib.suppress(OSError, ValueError):  # runs of another database sharing this staging dir
+            other = staging.read_run_info().get("db")
+            if other and DuckDBDestination(other).path != destination.path:
+                continue
         staged = len(staging.manifest_names())
         try:
             doc = staging.read_plan()

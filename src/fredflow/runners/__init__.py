@@ -38,6 +38,12 @@ def make_runner(options: RunOptions) -> Runner:
         from .asyncio_runner import AsyncioRunner  # no Prefect or Dask in an asyncio run
 
         return AsyncioRunner()
+    from ..destinations.duckdb import DuckDBDestination
+
+    # a second run on this database, or a --db that is not a DuckDB file, fails now: before Prefect is
+    # imported and its temporary server started (the flow takes the lock for real; this is the early answer)
+    with DuckDBDestination(options.db).lock():
+        pass
     try:
         from .prefect.runner import PrefectRunner
     except ImportError as exc:  # pragma: no cover - depends on the install

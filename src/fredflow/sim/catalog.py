@@ -25,11 +25,24 @@ series on day ``t``:
   one, never missing, with a seeded value (one random-walk step);
 - revises its three observations before that new one by a seeded, non-zero
   number of ticks (same number of decimals; a ``"."`` stays ``"."``);
+- revises one more observation anywhere in the rest of its history (a seeded
+  position, uniform over the older rows; a comprehensive revision reaching
+  decades back) by a seeded, non-zero number of ticks (a ``"."`` stays ``"."``);
+- with probability 1/4 removes one observation (a seeded position among the
+  older rows, never the first: ``observation_start`` does not move), as FRED
+  sometimes stops serving a date;
 - sets ``last_updated`` to day ``t`` at a seeded time in 07:30-08:30, US
   Central offset; ``observation_end`` follows the new last observation.
 
 Series that never changed keep everything, including their base
-``last_updated``.  Changes never touch the vintage history below.
+``last_updated``.  Each day that changed a series is also one more vintage
+date of it (see the end of **Vintages** below).
+
+**New series.**  ``new_series=N`` adds ids ``SIMN0001`` ... ``SIMN{N}``:
+``SIMN000j`` does not exist before day ``j``; from day ``j`` on it is servable,
+listed by release 1 and by one partition release (the ``(j-1) % n``-th), and
+its ``last_updated`` is day ``j`` (so ``series/updates`` lists it then).
+It is never among a day's changed series.
 
 **Vintages (ALFRED).**  Built from the base data (day 0), unclipped:
 
@@ -47,7 +60,11 @@ Series that never changed keep everything, including their base
 - consecutive versions with the same value form one real-time period (FRED:
   one row per maximal run of equal values, ``"."`` equal to ``"."``); a
   period ends the day before the next version starts, the last one on
-  9999-12-31.  So an observation has one to four rows.
+  9999-12-31.  So an observation has one to four rows;
+- a simulated day ``t`` that changed the series adds the vintage date
+  ``base today + t``: each value it revised or added starts a period there
+  (the previous one ends the day before), a removed observation's period ends
+  the day before.  So the latest vintage always equals :meth:`observations`.
 """
 
 from __future__ import annotations
@@ -100,6 +117,7 @@ _PUBLICATION_LAG_DAYS = {"D7": 1, "D": 1, "W": 6, "M": 30, "Q": 60, "A": 90}
 _PRE_REVISIONS = 3  # vintages showing a pre-revision value: the first release and the next two
 _UNREVISED_SHARE = 0.3  # chance that a pre-revision value equals the next version
 _PRE_MISSING_SHARE = 0.02  # chance that a pre-revision value is "."
+_REMOVAL_SHARE = 0.25  # chance that a change also removes one older observation
 
 _PARTITION_RELEASE_IDS = (10, 13, 18, 21, 46, 50, 53, 86)
 _FIRST_CATEGORY_ID = 100
@@ -261,7 +279,10 @@ class SimCatalog:
         withdrawn: int = 0,
         today: date = DEFAULT_TODAY,
         changes: tuple[int, ...] = (),
+        new_series: int = 0,
     ) -> None:
+        if not 0 <= new_series <= 9999:
+            raise ValueError("new_series must be in 0..9999")
         if not 0 <= n_series <= 999_999:
             raise ValueError("n_series must be in 0..999999")
         if obs_per_series is not None and obs_per_series < 1:
@@ -323,6 +344,19 @@ class SimCatalog:
         )
         """category_id -> sorted ids; the categories partition ``listed_ids``."""
 
+        # new series that have debuted by now: appended after the base ids (still sorted: "SIMN" > "SIM0")
+        self.new_series = new_series
+        self._debut_day: dict[str, int] = {f"SIMN{j:04d}": j for j in range(1, min(new_series, self.day) + 1)}
+        partition_ids = list(_PARTITION_RELEASE_IDS[:n_releases])
+        for sid, j in self._debut_day.items():
+            self._index[sid] = n_series + withdrawn + j
+            self.series_ids.append(sid)
+            self.releases[1].append(sid)
+            self.releases[partition_ids[(j - 1) % len(partition_ids)]].append(sid)
+        if self._debut_day:
+            self.listed_ids = sorted(self.listed_ids + list(self._debut_day))
+            self.releases = {g: sorted(ids) for g, ids in self.releases.items()}
+
         self._changed_on: list[list[str]] = [self._draw_changed(t, k) for t, k in enumerate(changes, 1)]
         self._change_days: dict[str, list[int]] = {}
         for t, changed in enumerate(self._changed_on, 1):
@@ -333,6 +367,7 @@ class SimCatalog:
         self._data = functools.lru_cache(maxsize=1024)(self._make_data)
         self._vintages = functools.lru_cache(maxsize=16)(self._make_vintages)
         self._vintage_days = functools.lru_cache(maxsize=1024)(self._make_vintage_days)
+        self._base_vintage_days = functools.lru_cache(maxsize=1024)(self._base_vintage_days)
 
     # ------------------------------------------------------------------ public
 
@@ -471,6 +506,10 @@ class SimCatalog:
         """Last observation date and ``last_updated`` after the simulated days."""
         days = self._change_days.get(spec.series_id)
         if not days:
+            debut = self._debut_day.get(spec.series_id)
+            if debut is not None:
+                rng = np.random.default_rng([self.seed, spec.index, _CHANGE_TIME_STREAM, 0])
+                return spec.last, _stamp(self.base_today + timedelta(days=debut), int(rng.integers(3600)))
             return spec.last, spec.last_updated
         last = _periods_before(spec.frequency, spec.last, -len(days))
         rng = np.random.default_rng([self.seed, spec.index, _CHANGE_TIME_STREAM, days[-1]])
@@ -569,11 +608,56 @@ class SimCatalog:
         ticks[tail] += np.where(values.missing[tail], 0, revised)
         new_tick = ticks[-1] + int(np.rint(rng.normal(0.0, step)))
         new_date = _periods_before(spec.frequency, values.dates[-1], -1)
+        # drawn in this order, after the draws above: days simulated before this rule keep their values
+        older = tail.start  # rows before the three recent ones
+        deep = int(rng.integers(older)) if older > 0 else -1
+        deep_step = _step_ticks(spec, ticks[max(deep, 0):max(deep, 0) + 1])[0]
+        deep_ticks = int(np.rint(rng.normal(0.0, 2.0 * deep_step))) or 1
+        remove = bool(rng.random() < _REMOVAL_SHARE) and older > 1
+        removed = int(rng.integers(1, older)) if older > 1 else -1
+        if deep >= 0 and not values.missing[deep]:
+            ticks[deep] += deep_ticks
+        dates, missing = values.dates, values.missing
+        if remove and removed != deep:
+            keep = np.ones(len(ticks), dtype=bool)
+            keep[removed] = False
+            dates, ticks, missing = dates[keep], ticks[keep], missing[keep]
         return _Values(
-            dates=np.append(values.dates, new_date),
+            dates=np.append(dates, new_date),
             ticks=np.append(ticks, new_tick),
-            missing=np.append(values.missing, False),
+            missing=np.append(missing, False),
         )
+
+    def _changed_vintages(self, spec: _Spec, base: _Values, date_days, starts, ends, initial, row_ticks,
+                          row_missing):
+        """The base vintage rows plus one vintage per simulated day that changed the series: on day
+        ``t`` (vintage date ``base today + t``) every value the day revised starts a new period (the
+        open one is closed the day before), a removed observation's open period is closed, a new
+        observation starts its first period. The latest vintage is then the current data."""
+        rows = [list(r) for r in zip(date_days.tolist(), starts.tolist(), ends.tolist(), initial.tolist(),
+                                     row_ticks.tolist(), row_missing.tolist())]
+        open_row = {r[0]: r for r in rows if r[2] == _REALTIME_END_MAX_DAYS}
+        values = base
+        for day in self._change_days[spec.series_id]:
+            vintage = (self.base_today + timedelta(days=day) - _EPOCH).days
+            before = _value_map(values)
+            values = self._apply_change(spec, values, day)
+            now = _value_map(values)
+            for d in before.keys() - now.keys():
+                open_row.pop(d)[2] = vintage - 1
+            for d, (tick, missing) in now.items():
+                old = before.get(d)
+                if old is not None and (old == (tick, missing) or (old[1] and missing)):
+                    continue
+                if old is not None:
+                    open_row[d][2] = vintage - 1
+                row = [d, vintage, _REALTIME_END_MAX_DAYS, old is None, tick, missing]
+                rows.append(row)
+                open_row[d] = row
+        rows.sort(key=lambda r: (r[0], r[1]))
+        columns = list(zip(*rows))
+        return (np.array(columns[0], np.int32), np.array(columns[1], np.int32), np.array(columns[2], np.int32),
+                np.array(columns[3], bool), np.array(columns[4], np.int64), np.array(columns[5], bool))
 
     def _make_data(self, series_id: str) -> SeriesData:
         spec = self._spec(series_id)
@@ -594,17 +678,24 @@ class SimCatalog:
         earliest, latest = np.datetime64(REALTIME_START_MIN, "D"), np.datetime64(self.base_today, "D")
         return np.clip(dates + lag, earliest, latest)
 
-    def _make_vintage_days(self, series_id: str) -> np.ndarray:
+    def _base_vintage_days(self, series_id: str) -> np.ndarray:
         spec = self._spec(series_id)
         releases = self._release_dates(spec, _calendar(spec.frequency, spec.first, spec.last))
-        days = np.unique(releases).astype(np.int64).astype(np.int32)
+        return np.unique(releases).astype(np.int64).astype(np.int32)
+
+    def _make_vintage_days(self, series_id: str) -> np.ndarray:
+        days = self._base_vintage_days(series_id)
+        # a simulated day that changed the series is a vintage date of it (its data changed on that day)
+        change_days = [(self.base_today + timedelta(days=t) - _EPOCH).days for t in self._change_days.get(series_id, ())]
+        if change_days:
+            days = np.concatenate([days, np.array(change_days, np.int32)])
         days.flags.writeable = False
         return days
 
     def _make_vintages(self, series_id: str) -> VintageData:
         spec = self._spec(series_id)
         base = self._base_values(spec)
-        vintage_days = self._vintage_days(series_id)
+        vintage_days = self._base_vintage_days(series_id)
         n = len(base.dates)
         release_days = self._release_dates(spec, base.dates).astype(np.int64)
         first = np.searchsorted(vintage_days, release_days)  # vintage index of the first release
@@ -641,6 +732,10 @@ class SimCatalog:
         date_days = base.dates.astype(np.int64).astype(np.int32)[rows]
         row_ticks = ticks.ravel()[kept]
         row_missing = missing.ravel()[kept]
+        if self._change_days.get(series_id):
+            date_days, starts, ends, initial, row_ticks, row_missing = self._changed_vintages(
+                spec, base, date_days, starts, ends, initial, row_ticks, row_missing)
+            vintage_days = self._vintage_days(series_id)
 
         def date32(days: np.ndarray) -> pa.Array:
             return pa.array(days, pa.int32()).cast(pa.date32())
@@ -664,6 +759,11 @@ class SimCatalog:
             table=table,
             text=text,
         )
+
+
+def _value_map(values: _Values) -> dict[int, tuple[int, bool]]:
+    days = values.dates.astype(np.int64).tolist()
+    return dict(zip(days, zip(values.ticks.tolist(), values.missing.tolist())))
 
 
 def _step_ticks(spec: _Spec, ticks: np.ndarray) -> np.ndarray:

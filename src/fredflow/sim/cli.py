@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated days already passed after --today, K changed series on each (default none)",
     )
     p.add_argument(
+        "--new-series", type=int, metavar="N", default=_DEFAULTS.new_series,
+        help="ids SIMN0001..N that debut one per simulated day in release 1 and a partition release (default 0)",
+    )
+    p.add_argument(
         "--max-vintage-dates", type=int, metavar="N", default=_DEFAULTS.max_vintage_dates,
         help="max vintage dates per real-time observations request (default 2000, as FRED)",
     )
@@ -136,6 +140,8 @@ def config_to_argv(config: SimConfig) -> list[str]:
         argv += ["--per-minute", str(config.per_minute)]
     if config.changes:
         argv += ["--changes", ",".join(str(k) for k in config.changes)]
+    if config.new_series:
+        argv += ["--new-series", str(config.new_series)]
     if config.obs_per_series is not None:
         argv += ["--obs-per-series", str(config.obs_per_series)]
     if config.long_series is not None:

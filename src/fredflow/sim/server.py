@@ -249,6 +249,8 @@ class SimConfig:
     each day (listed by series/updates only; FRED: thousands).
     ``updates_days`` (``None``: all) keeps only the updates of the last N
     days (today included) in series/updates, as FRED keeps about two weeks.
+    ``new_series`` ids ``SIMN0001`` ... debut one a simulated day, each in release 1
+    and one partition release (see :class:`SimCatalog`).
     """
 
     n_series: int = 500
@@ -274,6 +276,7 @@ class SimConfig:
     rate_scope: str = "key"
     background_updates: int = 0
     updates_days: int | None = None
+    new_series: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fault_kinds", tuple(self.fault_kinds))
@@ -322,6 +325,7 @@ class SimConfig:
             withdrawn=self.withdrawn,
             today=self.today,
             changes=self.changes,
+            new_series=self.new_series,
         )
 
     def is_registered(self, key: str) -> bool:
@@ -1298,6 +1302,11 @@ def build_app(config: SimConfig, **clocks: Callable[[], float]) -> web.Applicati
     """The simulator as an aiohttp application (state in ``app[SIMULATOR_KEY]``);
     ``clocks``: ``monotonic``/``wall`` for :class:`FredSimulator` (tests)."""
     sim = FredSimulator(config, **clocks)
+    if sim.catalog.series_ids:
+        # Build one series' data now: the first build imports what pyarrow's conversions load lazily
+        # (pandas, when installed: ~1-3 s). Done inside the first request, it would stall the event loop
+        # and every request of the client's first second behind it (clients time out on 429s).
+        sim.catalog.series_data(sim.catalog.series_ids[0])
     app = web.Application()
     app[SIMULATOR_KEY] = sim
     app.router.add_get("/fred/{endpoint:.+}", sim.handle_fred)

@@ -14,5 +14,8 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+if "PREFECT__FLOW_RUN_ID" not in os.environ:
+    # the CLI's console stays quiet; a flow-run process started by a worker or `fredflow serve` keeps
+    # Prefect's INFO, and so do its Dask worker processes: their task logs (worker name, retries) reach the UI
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")

@@ -42,12 +42,33 @@ def prefect_api() -> Iterator[str]:
     with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database}):
         server = SubprocessASGIServer()
         server.start()
+        watchdog = watch_parent(server.server_process.pid if server.server_process else None)
         try:
             with temporary_settings({PREFECT_API_URL: server.api_url}):
-                yield server.api_url
-                _flush_prefect_services()
+                try:
+                    yield server.api_url
+                finally:  # a failed or interrupted run too: nothing left to ship to a server that is gone
+                    _flush_prefect_services()
         finally:
             server.stop()
+            if watchdog is not None:
+                watchdog.kill()
+                watchdog.wait()
+
+
+def watch_parent(server_pid: int | None):  # noqa: ANN201 - subprocess.Popen | None
+    """A :mod:`~fredflow.runners.prefect.watchdog` process: if this process dies without cleaning up
+    (``kill -9``), it stops every process this one started (the temporary server, Dask workers)."""
+    import subprocess
+    import sys
+
+    if server_pid is None:
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-m", "fredflow.runners.prefect.watchdog", str(os.getpid())],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
 
 
 def _flush_prefect_services() -> None:

@@ -24,12 +24,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.futures import as_completed
 from pydantic import SecretStr
 
 from ...destinations.duckdb import DuckDBDestination
-from ...errors import FatalRunError
+from ...errors import FatalRunError, UsageError
 from ...fetch import FetchContext, RunJob, fetch_batch
 from ...options import Mode, RunOptions
 from ...progress import Progress
@@ -73,11 +73,39 @@ def plan_task(options: RunOptions, settings: Settings, slots: int, task_overhead
     return plan_run(options, settings, slots=slots, task_overhead=task_overhead)
 
 
+BATCH_RETRIES = 2
+
+
+def _where() -> str:
+    """Where this task runs: the Dask worker's name and address, or the thread's name."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        return f"dask worker {worker.name} ({worker.address})"
+    except (ImportError, ValueError):
+        import threading
+
+        return f"thread {threading.current_thread().name}"
+
+
+def _log_retry(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn signature
+    """Every retry of a batch gets a log line saying why (Prefect's own is INFO, and says only 'Retry 1/2')."""
+    with contextlib.suppress(Exception):
+        get_run_logger().warning("%s attempt %d of %d failed, Prefect retries it: %s", task_run.name,
+                                 task_run.run_count, BATCH_RETRIES + 1, state.message)
+    return True
+
+
 @task(name="fetch-batch", task_run_name="batch-{batch.index}", cache_policy=NO_CACHE,
-      retries=2, retry_delay_seconds=2, retry_jitter_factor=0.5)
+      retries=BATCH_RETRIES, retry_delay_seconds=2, retry_jitter_factor=0.5, retry_condition_fn=_log_retry)
 async def fetch_batch_task(batch: Batch, job: RunJob, concurrency: int) -> BatchManifest | HandedBack | FatalBatch:
     """One batch on the worker's own event loop, with its own session; its requests are paced by
     send times leased from the run's TokenService (``job.quota_url``), so the rate holds run-wide."""
+    logger = get_run_logger()
+    run_count = TaskRunContext.get().task_run.run_count if TaskRunContext.get() else 1
+    logger.info("batch %d: %d series on %s%s", batch.index, len(batch.series_ids), _where(),
+                f" (attempt {run_count} of {BATCH_RETRIES + 1})" if run_count > 1 else "")
     fail_once("fetch-batch-task")
     ctx = FetchContext.for_task(job.settings, job.quota_url, concurrency=concurrency)
     try:
@@ -159,50 +187,177 @@ def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quot
 
 # --------------------------------------------------------------------------- flows
 
+MASKED = "**********"
 
-def _settings(overrides: dict[str, Any] | None, api_key: SecretStr | None) -> Settings:
-    """Settings from the environment, then ``overrides`` field by field; the key only from ``api_key``
-    (a secret parameter) or ``FRED_API_KEY``, never from the plain ``settings`` dict."""
-    values = dict(overrides or {})
+
+def _deployment_defaults(name: str) -> dict[str, Any]:
+    """The deployment's own value of the dict parameter ``name`` ({} outside a deployment run).
+
+    Prefect merges a run's parameters with its deployment's at the top level only: a run given
+    ``settings: {api_url: …}`` would lose the deployment's ``rate``. The flow merges them again,
+    field by field.
+    """
+    with contextlib.suppress(Exception):
+        from prefect.runtime import deployment
+
+        if deployment.id:
+            value = (deployment.parameters or {}).get(name)
+            return dict(value) if isinstance(value, dict) else {}
+    return {}
+
+
+def _api_key(api_key: SecretStr | None, api_key_secret: str | None) -> tuple[str | None, str]:
+    """The key and where it came from: the ``api_key`` parameter, the Prefect ``Secret`` block named by
+    ``api_key_secret``, else None (``FRED_API_KEY`` in the environment of the process running the flow)."""
+    if api_key is not None and api_key.get_secret_value() not in ("", MASKED):
+        _mask_stored_key()
+        return api_key.get_secret_value(), "the api_key parameter"
+    if api_key_secret:
+        from prefect.blocks.system import Secret
+
+        try:
+            value = Secret.load(api_key_secret).get()
+        except ValueError as exc:
+            raise UsageError(f"api_key_secret {api_key_secret!r}: no Prefect Secret block of that name "
+                             f"(create it: Secret(value=...).save({api_key_secret!r})): {exc}") from None
+        return str(value), f"the Prefect Secret block {api_key_secret!r}"
+    return None, "FRED_API_KEY in the environment"
+
+
+def _mask_stored_key() -> None:
+    """A key given as a plain run parameter (``prefect deployment run --param api_key=…``) is stored by
+    Prefect as sent; replace it with the mask in the flow run's stored parameters before anything else."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    stored = dict(context.flow_run.parameters or {})
+    if stored.get("api_key") in (None, MASKED) or not isinstance(stored.get("api_key"), str):
+        return
+    from prefect.client.orchestration import get_client
+
+    stored["api_key"] = MASKED
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id, parameters=stored)
+
+
+def _settings(overrides: dict[str, Any] | None, api_key: SecretStr | None,
+              api_key_secret: str | None = None) -> Settings:
+    """Settings from the environment, then the deployment's ``settings``, then the run's, field by field;
+    the key only from ``api_key`` (a secret parameter), a Secret block or ``FRED_API_KEY``, never from
+    the plain ``settings`` dict."""
+    values = {**_deployment_defaults("settings"), **(overrides or {})}
     values.pop("api_key", None)
-    if api_key is not None and api_key.get_secret_value() not in ("", "**********"):
-        values["api_key"] = api_key.get_secret_value()
-    return Settings.from_env(**values)
+    key, source = _api_key(api_key, api_key_secret)
+    if key is not None:
+        values["api_key"] = key
+    with contextlib.suppress(Exception):
+        get_run_logger().info("api key from %s", source)
+    try:
+        return Settings.from_env(**values)
+    except ValueError as exc:  # pydantic: name the parameter
+        first = exc.errors()[0] if hasattr(exc, "errors") else None
+        where = "settings." + ".".join(str(p) for p in first["loc"]) if first else "settings"
+        raise UsageError(f"{where}: {first['msg'] if first else exc}") from None
 
 
-@flow(name="fredflow-ingest", flow_run_name="ingest-{options.mode}-{options.runner}", log_prints=False)
+def _options_of(parameters: dict[str, Any]) -> RunOptions | None:
+    options = parameters.get("options")
+    if isinstance(options, dict):
+        with contextlib.suppress(Exception):
+            options = RunOptions.build(**options)
+    return options if isinstance(options, RunOptions) else None
+
+
+def _flow_run_name(default_mode: str | None = None) -> str:
+    """``fred.duckdb · release 10 · incremental``: database, catalog and mode of the run."""
+    from prefect.runtime import flow_run
+
+    from .report import catalog_label
+
+    options = _options_of(flow_run.parameters or {})
+    if options is None:
+        return f"fredflow {default_mode or 'run'}"
+    mode = default_mode or str(options.mode)
+    return f"{options.db.name} · {catalog_label(options)} · {mode}"
+
+
+def _ingest_name() -> str:
+    return _flow_run_name()
+
+
+def _backfill_name() -> str:
+    return _flow_run_name("backfill")
+
+
+def _run(options: RunOptions, settings: dict[str, Any] | None, api_key: SecretStr | None,
+         api_key_secret: str | None):  # noqa: ANN202 - a Prefect State
+    """The flows' body: run the pipeline; report it as artifacts; end in Completed, ``Partial`` or Failed."""
+    from prefect import tags
+    from prefect.states import Completed
+
+    from . import report
+
+    run_settings = _settings(settings, api_key, api_key_secret)
+    shape = runner_shape(options)
+    task_runner = task_runner_for(shape)
+    seen: dict[str, Any] = {"plan": None, "manifests": []}
+
+    def make_plan() -> RunPlan:
+        seen["plan"] = plan_task(options, run_settings, shape.slots, shape.task_overhead)
+        return seen["plan"]
+
+    def fan_out(plan: RunPlan, progress: Progress) -> list[BatchManifest]:
+        seen["manifests"] = _fan_out(plan, progress, task_runner=task_runner, slots=shape.slots,
+                                     quota_host=reachable_host(shape.dask_address),
+                                     handback=uses_handback(options.handback, shape.dask_address, plan.staging_root))
+        return seen["manifests"]
+
+    # Task tags (runner:…, mode:…) for deployment runs only: a tagged task looks up tag concurrency limits
+    # through a process-wide service that keeps the first API it talked to, and an in-process run
+    # (`fredflow ingest --runner dask`) gets a new temporary server each time.
+    deployed = bool(getattr(FlowRunContext.get().flow_run, "deployment_id", None))
+    run_tags = (f"runner:{shape.name}", f"mode:{options.mode}") if deployed else ()
+    try:
+        with tags(*run_tags):
+            summary = run_pipeline(DuckDBDestination(options.db).lock(), make_plan, fan_out,
+                                   _current_progress(), merge=merge_task)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            report.publish_failure(options, seen["plan"], exc)
+        raise
+    manifests = [*(seen["plan"].done.values() if seen["plan"] else ()), *seen["manifests"]]
+    with contextlib.suppress(Exception):
+        report.publish(options, summary, run_settings, shape, manifests)
+    get_run_logger().info("run %s %s: %d series, %d rows, %d failed", summary.run_id, summary.status,
+                          summary.n_series, summary.n_rows, summary.n_failed)
+    message = report.state_message(summary)
+    result = summary.to_dict()
+    if summary.n_failed:
+        return Completed(name="Partial", message=message, data=result)
+    return Completed(message=message, data=result)
+
+
+@flow(name="fredflow-ingest", flow_run_name=_ingest_name, log_prints=False)
 def ingest_flow(options: RunOptions, settings: dict[str, Any] | None = None,
-                api_key: SecretStr | None = None) -> dict[str, Any]:
+                api_key: SecretStr | None = None, api_key_secret: str | None = None) -> dict[str, Any]:
     """Ingest a catalog into DuckDB: plan → ``fetch-batch.map`` on threads or Dask → one-transaction merge.
 
     ``options``: what to fetch and how to run it (mode, catalog, dates, runner shape;
     ``resume`` finishes an unfinished run by id). ``settings``: :class:`~fredflow.settings.Settings`
-    fields to override (rate, concurrency, api_url, …). The api key comes from ``api_key`` (a
-    secret, shown masked by Prefect) or the ``FRED_API_KEY`` environment variable of the process
-    running the flow. Returns the run summary as a dict.
+    fields to override (rate, concurrency, api_url, …), merged field by field over the deployment's.
+    The api key: ``api_key_secret`` names a Prefect ``Secret`` block holding it; else ``FRED_API_KEY``
+    in the environment of the process running the flow (the worker's); ``api_key`` takes the key
+    itself (masked in the flow run's stored parameters as soon as the run starts).
+    Returns the run summary as a dict; a run with failed series ends in the state ``Partial``
+    (type Completed); each run publishes a ``…-summary`` markdown and a ``…-failures`` table artifact.
     """
-    run_settings = _settings(settings, api_key)
-    shape = runner_shape(options)
-    task_runner = task_runner_for(shape)
-    summary = run_pipeline(
-        DuckDBDestination(options.db).lock(),
-        lambda: plan_task(options, run_settings, shape.slots, shape.task_overhead),
-        lambda plan, progress: _fan_out(plan, progress, task_runner=task_runner, slots=shape.slots,
-                                        quota_host=reachable_host(shape.dask_address),
-                                        handback=uses_handback(options.handback, shape.dask_address,
-                                                               plan.staging_root)),
-        _current_progress(),
-        merge=merge_task,
-    )
-    get_run_logger().info("run %s %s: %d series, %d rows, %d failed", summary.run_id, summary.status,
-                          summary.n_series, summary.n_rows, summary.n_failed)
-    return summary.to_dict()
+    return _run(options, settings, api_key, api_key_secret)
 
 
-@flow(name="fredflow-backfill", flow_run_name="backfill-{options.start}-{options.end}", log_prints=False)
+@flow(name="fredflow-backfill", flow_run_name=_backfill_name, log_prints=False)
 def backfill_flow(options: RunOptions, settings: dict[str, Any] | None = None,
-                  api_key: SecretStr | None = None) -> dict[str, Any]:
+                  api_key: SecretStr | None = None, api_key_secret: str | None = None) -> dict[str, Any]:
     """Backfill ``[options.start, options.end]``: every window × every series batch is one mapped task, all
     fanned out together and merged in ONE transaction; a crash is finished with ``fredflow resume RUN_ID``."""
     as_backfill = RunOptions.build(**{**options.model_dump(), "mode": Mode.BACKFILL})
-    return ingest_flow.fn(options=as_backfill, settings=settings, api_key=api_key)
+    return _run(as_backfill, settings, api_key, api_key_secret)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ...options import RunOptions
 from ...progress import Progress
+from ...redact import install_log_redaction
 from ...run.execute import RunSummary
 from ...settings import Settings
 from .api_server import point_cluster_at_api, prefect_api
@@ -32,6 +33,7 @@ class PrefectRunner:
 
     def execute(self, options: RunOptions, settings: Settings, progress: Progress) -> RunSummary:
         token = progress_var.set(progress)
+        install_log_redaction()  # Prefect's console and API log handlers, now that Prefect has set them up
         try:
             with prefect_api() as api_url:
                 if self.shape.dask_address:

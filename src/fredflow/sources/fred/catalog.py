@@ -70,7 +70,7 @@ def parse_ids(text: str) -> list[str]:
 
 def read_series_file(path: Path) -> list[str]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark (Notepad, Excel) is not an id
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read series file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     ids = parse_ids(text)

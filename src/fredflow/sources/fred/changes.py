@@ -20,9 +20,12 @@ Output: the series to fetch and, for each, the date to re-fetch from.
     first (FRED keeps about two weeks of updates): it is re-fetched, with its
     metadata, like a changed one; a failure there is the series' own.
 
-* A changed series is re-fetched from its last stored observation minus the
-  revision window (default 2 years), so revised values are picked up too
-  and merged by upsert.
+* A changed series is re-fetched whole (one request per 100,000 rows) and the
+  merge replaces its stored rows: a value revised anywhere in its history is
+  updated, an observation FRED no longer serves is deleted. Only with the
+  opt-in revision window is it re-fetched from its last stored observation
+  minus that window (fewer bytes, the same requests, and a revision older than
+  the window is never seen).
 * ``checked_through`` of the run is the newest ``last_updated`` FRED shows at
   planning time (page 1 of ``series/updates``, or the listing): any update
   published after planning is newer, so the next run sees it.
@@ -109,7 +112,7 @@ async def current_watermark(catalog: Catalog, client: FredClient) -> datetime | 
 
 
 async def select_changed(catalog: Catalog, state: dict[str, SeriesState], client: FredClient,
-                         revision_window: Span) -> Selection:
+                         revision_window: Span | None = None) -> Selection:
     """Split the catalog into changed, recheck, new and unchanged series (see the module docstring)."""
     ids = catalog.series_ids
     known = [sid for sid in ids if sid in state]
@@ -136,7 +139,7 @@ async def select_changed(catalog: Catalog, state: dict[str, SeriesState], client
     for sid in known:
         seen, now = state[sid].last_updated, latest.get(sid)
         last = state[sid].last_observation_date
-        start = revision_window.shift(last, -1) if last else None
+        start = revision_window.shift(last, -1) if last and revision_window is not None else None
         if sid in unlisted or (now is None and seen is None):
             selection.recheck.append(sid)
             selection.recheck_starts.append(start)

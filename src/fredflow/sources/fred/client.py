@@ -12,13 +12,18 @@ Where requests go (real FRED, the simulator) is configuration
    ``max_throttled_attempts`` after the limiter's run-wide pause.
 
 The api key is sent but never logged: errors carry the endpoint and series,
-never the URL with its query string.
+never the URL with its query string, and any text from a response passes through
+:func:`fredflow.redact.redact` (in the error types). The transport caps bodies
+(``max_body_bytes``) and refuses redirects to another host; ``max_retry_after``
+caps a 429's wait and ``max_count`` an announced row count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -88,17 +93,26 @@ def _error_message(body: bytes) -> str:
     return " ".join(text.split()) or "(empty body)"
 
 
+_ECHOED_KEY = re.compile(r"api_key\s*(=|%3d)\S*")
+
+
 def classify(status: int, body: bytes, *, retry_after: str | None = None) -> FredError:
-    """Map a non-200 answer to the error type that decides its handling."""
+    """Map a non-200 answer to the error type that decides its handling.
+
+    The message is redacted by the error itself (:class:`~fredflow.errors.FredflowError`); an error
+    page that echoes the request URL (proxies do) is not mistaken for a refused key.
+    ``Retry-After`` is seconds (``inf`` kept as such; :meth:`FredClient._request` caps it)."""
     message = _error_message(body)
-    lowered = message.lower()
+    lowered = _ECHOED_KEY.sub("", message.lower())
     if status == 429:
         seconds = None
         if retry_after:
             try:
-                seconds = max(0.0, float(retry_after))
+                seconds = float(retry_after)
             except ValueError:
                 seconds = None
+            if seconds is not None:
+                seconds = math.inf if math.isnan(seconds) else max(0.0, seconds)
         return RateLimited(message, retry_after=seconds)
     if status >= 500:
         return TransientError(f"HTTP {status}: {message}", http_status=status)
@@ -132,7 +146,7 @@ class FredClient:
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         if isinstance(transport, aiohttp.ClientSession):
-            transport = AiohttpTransport(transport, timeout=settings.timeout)
+            transport = AiohttpTransport(transport, timeout=settings.timeout, max_body=settings.max_body_bytes)
         self._transport = transport
         self._settings = settings
         self._limiter = limiter
@@ -158,7 +172,7 @@ class FredClient:
 
     async def _request(self, endpoint: str, params: dict[str, Any], decode_body: Callable[[bytes], T]) -> T:
         """One logical request: send, decode, classify; retry what is worth retrying."""
-        failures = throttles = 0
+        failures = throttles = capped = 0  # capped: 429s whose Retry-After exceeded max_retry_after
         while True:
             try:
                 body = await self._get_once(endpoint, params)
@@ -171,14 +185,22 @@ class FredClient:
             except RateLimited as exc:
                 throttles += 1
                 self.stats.throttled += 1
-                if throttles >= self._settings.max_throttled_attempts:
+                cap = self._settings.max_retry_after
+                excessive = exc.retry_after is not None and exc.retry_after > cap
+                if excessive:
+                    # a Retry-After beyond the cap (hours, inf) is not FRED pacing us: wait the cap, and
+                    # count it against max_attempts, so a hostile upstream bounds the run's time
+                    capped += 1
+                    exc.retry_after = cap
+                if throttles >= self._settings.max_throttled_attempts or (
+                        excessive and failures + capped >= self._settings.max_attempts):
                     exc.attempts = failures + throttles
                     raise
                 self.stats.retries += 1
-                await self._sleep(self._limiter.throttled(exc.retry_after))
+                await self._sleep(min(cap, self._limiter.throttled(exc.retry_after)))
             except TransientError as exc:
                 failures += 1
-                if failures >= self._settings.max_attempts:
+                if failures + capped >= self._settings.max_attempts:
                     exc.attempts = failures + throttles
                     raise
                 self.stats.retries += 1
@@ -213,26 +235,53 @@ class FredClient:
                 raise TransientError(f"{series_id}: observation dates out of order or repeated across pages")
         return table
 
+    def _check_count(self, page: Page, what: str) -> None:
+        if page.count > self._settings.max_count:
+            raise TransientError(f"{what}: FRED announced {page.count:,} rows, more than max_count "
+                                 f"{self._settings.max_count:,}: refusing to page through it")
+
     async def _all_pages(self, endpoint: str, params: dict[str, Any], parse: Callable[[bytes], Page],
                          schema: pa.Schema, limit: int, what: str) -> pa.Table:
-        """Every page of a ``limit``/``offset`` endpoint: the first tells ``count``, the rest go concurrently.
+        """Every page of a ``limit``/``offset`` endpoint: the first tells ``count``, the rest follow with at
+        most ``page_concurrency`` in flight (pages are requested lazily: an absurd ``count`` costs nothing
+        until it is refused by ``max_count``), stopping at the first empty page.
         Fewer rows than announced (a page lost or cut) is a :class:`TransientError`."""
         first: Page = await self._request(endpoint, {**params, "limit": limit, "offset": 0}, parse)
+        self._check_count(first, what)
         pages = [first]
-        if first.count > first.table.num_rows:
-            offsets = range(first.table.num_rows, first.count, limit)
-            pages += await asyncio.gather(
-                *(self._request(endpoint, {**params, "limit": limit, "offset": o}, parse) for o in offsets)
-            )
+        if first.count > first.table.num_rows and first.table.num_rows:
+            offsets = iter(range(first.table.num_rows, first.count, limit))
+            window = self._settings.page_concurrency
+            in_flight: list[asyncio.Task[Page]] = []
+            try:
+                while True:
+                    while len(in_flight) < window and (offset := next(offsets, None)) is not None:
+                        in_flight.append(asyncio.ensure_future(
+                            self._request(endpoint, {**params, "limit": limit, "offset": offset}, parse)))
+                    if not in_flight:
+                        break
+                    page = await in_flight.pop(0)  # in offset order
+                    pages.append(page)
+                    if page.table.num_rows == 0:
+                        break  # FRED has nothing more, whatever it announced
+            finally:
+                for task in in_flight:
+                    task.cancel()
+                if in_flight:
+                    await asyncio.gather(*in_flight, return_exceptions=True)
         table = concat([p.table for p in pages], schema)
         if table.num_rows != first.count:
             raise TransientError(f"{what}: read {table.num_rows} rows, FRED announced {first.count}")
         return table
 
     async def _listing(self, endpoint: str, params: dict[str, Any]) -> pa.Table:
+        """Every page of a release or category listing, one at a time, up to the first empty page."""
         first = await self._request(endpoint, {**params, "limit": LIST_PAGE_LIMIT, "offset": 0}, parse_series_list)
+        self._check_count(first, endpoint)
         pages = [first]
         for offset in range(LIST_PAGE_LIMIT, first.count, LIST_PAGE_LIMIT):
+            if pages[-1].table.num_rows == 0:
+                break  # later pages empty: stop, as series/updates does
             pages.append(
                 await self._request(endpoint, {**params, "limit": LIST_PAGE_LIMIT, "offset": offset}, parse_series_list)
             )
