@@ -1,30 +1,30 @@
-"""A local S3-compatible server for tests: moto's server mode as a subprocess (see ``moto_s3.py``)."""
+"""A local S3-compatible server for tests: moto's server mode in a subprocess (see ``moto_s3.py``).
+
+Every wait is bounded: the server reports its port within :data:`START_TIMEOUT_S` or the test fails
+with its stderr; stopping waits at most 10 s before SIGKILL.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
+import selectors
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+START_TIMEOUT_S = 60
 
 
 class MotoServer:
-    """``moto_server`` bound to ``host`` (loopback by default); :meth:`uri` gives a staging URI on it."""
+    """moto's S3 server bound to ``host`` (loopback by default); :meth:`uri` gives a staging URI on it."""
 
-    def __init__(self, host: str = "127.0.0.1", netns: str | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
-        self.port = _free_port(host)
+        self.port: int | None = None
         self.proc: subprocess.Popen | None = None
+        self._stderr = None
 
     @property
     def endpoint(self) -> str:
@@ -35,30 +35,41 @@ class MotoServer:
                 "&allow_bucket_creation=true&region=us-east-1")
 
     def start(self) -> "MotoServer":
-        script = Path(__file__).with_name("moto_s3.py")  # moto_server, with one answer fixed for pyarrow
-        self.proc = subprocess.Popen([sys.executable, str(script), self.host, str(self.port)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env={**os.environ, **CREDENTIALS})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto_server did not start within 30 s")
+        script = Path(__file__).with_name("moto_s3.py")
+        self._stderr = tempfile.TemporaryFile()  # a file, never a pipe nobody drains (see moto_s3.py)
+        self.proc = subprocess.Popen([sys.executable, str(script), self.host], stdout=subprocess.PIPE,
+                                     stderr=self._stderr, env={**os.environ, **CREDENTIALS})
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            ready = selector.select(timeout=START_TIMEOUT_S)
+        line = self.proc.stdout.readline().strip() if ready else b""
+        if not line.isdigit():
+            self.stop()
+            raise RuntimeError(f"moto's server did not report its port within {START_TIMEOUT_S} s: {self.errors()}")
+        self.port = int(line)
+        return self
+
+    def errors(self) -> str:
+        """The tail of the server's stderr (tracebacks of failed requests)."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(10)
+            self.proc.stdout.close()
         self.proc = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     def __enter__(self) -> "MotoServer":
         return self.start()

@@ -120,19 +120,22 @@ def filesystem_for(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(text)
 
 
-#: S3 request timeout: the AWS SDK's default (a transfer under 1 byte/s for 3 s fails) aborts a merge
-#: when an S3-compatible server stalls for a moment under load; a URI cannot set it (pyarrow rejects the parameter).
-S3_REQUEST_TIMEOUT_S, S3_CONNECT_TIMEOUT_S = 60.0, 10.0
+#: S3 timeouts and attempts, explicit: a request that receives under 1 byte/s for ``request`` seconds
+#: fails and is retried, at most ``attempts`` times in all, so a stalled server becomes a one-line
+#: :class:`FatalRunError` within about ``attempts x request`` seconds, never a hang. The SDK's default
+#: (3 s) fails a merge on a slow link; a URI cannot set these (pyarrow rejects the parameters).
+#: ``FREDFLOW_S3_REQUEST_TIMEOUT`` (seconds) overrides ``request`` in every process that reads it.
+S3_REQUEST_TIMEOUT_S, S3_CONNECT_TIMEOUT_S, S3_ATTEMPTS = 30.0, 10.0, 3
 
 
 def _patient(fs: pafs.FileSystem) -> pafs.FileSystem:
-    """An S3 filesystem with :data:`S3_REQUEST_TIMEOUT_S` when its URI left the SDK's defaults; others as given."""
+    """An S3 filesystem with explicit timeouts and retries (see :data:`S3_REQUEST_TIMEOUT_S`); others as given."""
     if not isinstance(fs, getattr(pafs, "S3FileSystem", ())):
         return fs
     rebuild, (options,) = fs.__reduce__()
-    if options.get("request_timeout", -1) >= 0:
-        return fs
-    return rebuild({**options, "request_timeout": S3_REQUEST_TIMEOUT_S, "connect_timeout": S3_CONNECT_TIMEOUT_S})
+    request = float(os.environ.get("FREDFLOW_S3_REQUEST_TIMEOUT") or S3_REQUEST_TIMEOUT_S)
+    return rebuild({**options, "request_timeout": request, "connect_timeout": min(S3_CONNECT_TIMEOUT_S, request),
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)})
 
 
 @dataclass(frozen=True, slots=True)
