@@ -94,13 +94,18 @@ def test_preflight_problems_one_line_each():
     assert pf.static_problems("tcp://127.0.0.1:8786", "http://127.0.0.1:4200/api") == []
 
 
-def test_preflight_against_real_workers(tmp_path):
-    """A worker running another fredflow, an unreachable token service, an unwritable staging URI."""
+def _other_fredflow(tmp_path: Path) -> dict[str, str]:
+    """The environment of a worker running another build of fredflow (one more line in its __init__)."""
     copy = tmp_path / "other" / "fredflow"
     shutil.copytree(Path(pf.__file__).parents[2], copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "__init__.py").write_text((copy / "__init__.py").read_text() + "\n# another build\n")
+    return {"PYTHONPATH": str(copy.parent)}
+
+
+def test_preflight_against_real_workers(tmp_path):
+    """A worker running another fredflow, an unreachable token service, an unwritable staging URI."""
     closed = f"http://127.0.0.1:{_port()}"
-    with dask_cluster(worker_env={"PYTHONPATH": str(copy.parent)}) as (address, _):
+    with dask_cluster(worker_env=_other_fredflow(tmp_path)) as (address, _):
         with pytest.raises(FatalRunError) as failure:
             pf.preflight(address, {"quota_url": closed, "staging_root": "/dev/null/not-a-folder"})
     lines = str(failure.value).splitlines()
@@ -110,19 +115,30 @@ def test_preflight_against_real_workers(tmp_path):
     assert "cannot reach the staging URI at /dev/null/not-a-folder" in lines[2]
 
 
-def test_cli_preflight_failure_exits_1_before_any_request(tmp_path, sim):
-    with dask_cluster() as (address, _):
+@pytest.mark.parametrize("problem", ["versions", "token-service", "staging"])
+def test_cli_preflight_failure_is_one_line_exit_1_before_any_request(tmp_path, sim, problem):
+    """Each preflight failure on its own, through the CLI: exactly one line on stderr, exit 1, no FRED
+    request sent and no run left behind."""
+    worker_env = _other_fredflow(tmp_path) if problem == "versions" else None
+    extra = {"versions": (),
+             "token-service": ("--quota-address", f"fredflow-unreachable.invalid:{_port()}"),
+             "staging": ("--no-handback", "--staging-dir", "/dev/null/staging")}[problem]
+    db = tmp_path / "f.duckdb"
+    with dask_cluster(worker_env=worker_env) as (address, _):
         before = sim.stats()["requests"]
-        done = subprocess.run([sys.executable, "-m", "fredflow.cli", "ingest", "--db", str(tmp_path / "f.duckdb"),
+        done = subprocess.run([sys.executable, "-m", "fredflow.cli", "ingest", "--db", str(db),
                                "--series", "SIM000001", "--api-url", sim.url, "--api-key", DEMO_API_KEY,
-                               "--runner", "dask", "--dask-address", address, "--no-handback",
-                               "--staging-dir", "/dev/null/staging", "--quiet"],
+                               "--runner", "dask", "--dask-address", address, *extra, "--quiet"],
                               capture_output=True, text=True, timeout=180,
                               env={k: v for k, v in os.environ.items() if not k.startswith(("FRED_", "FREDFLOW_"))})
     assert done.returncode == 1, done.stderr
-    errors = [line for line in done.stderr.splitlines() if "cannot reach the staging URI" in line]
-    assert len(errors) == 1 and "worker tcp://127.0.0.1:" in errors[0], done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("fredflow: fatal: worker tcp://127.0.0.1:"), line
+    expected = {"versions": "but the flow has", "token-service": "cannot reach the token service at "
+                "http://fredflow-unreachable.invalid:", "staging": "cannot reach the staging URI at /dev/null/staging"}
+    assert expected[problem] in line
     assert sim.stats()["requests"] == before  # refused before planning
+    assert not db.exists() and not (tmp_path / "f.staging").exists()
 
 
 def test_quota_address_advertised_and_ipv6():

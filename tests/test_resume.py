@@ -17,15 +17,7 @@ from e2e import assert_db_matches, count
 from fredflow import CatalogSpec
 from fredflow.errors import UsageError
 from fredflow.api import ingest, resumable_runs, resume
-from fredflow.sim.process import SimProcess
 from fredflow.sim.server import DEMO_API_KEY
-
-
-@pytest.fixture(scope="module")
-def slow_sim():
-    """Every request takes 0.05 s: with --concurrency 2 a run of 40 series lasts ~2 s, long enough to kill."""
-    with SimProcess(n_series=60, seed=11, obs_per_series=200, long_series=0, latency=0.05) as process:
-        yield process
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

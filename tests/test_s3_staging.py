@@ -19,6 +19,7 @@ from fredflow.errors import StoreBusy
 from fredflow.sim.server import DEMO_API_KEY
 from fredflow.staging import RunStaging, filesystem_for, run_folders
 from s3server import CREDENTIALS, MotoServer
+from test_resume import _cli, _wait_for
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_lease_of_a_dead_holder_or_expired_is_taken(moto):
     staging.remove()
 
 
-def test_resume_with_s3_staging_after_kill(tmp_path, sim, settings_for, moto):
+def test_resume_with_s3_staging_after_kill_inside_merge(tmp_path, sim, settings_for, moto):
     uri = moto.uri(prefix="resume")
     db = tmp_path / "f.duckdb"
     ids = sim.catalog.series_ids[:30]
@@ -113,7 +114,8 @@ def test_resume_with_s3_staging_after_kill(tmp_path, sim, settings_for, moto):
         if victim.poll() is None:
             victim.kill()
             victim.wait()
-    assert count(db, "SELECT count(*) FROM observations") == [(0,)]  # nothing committed
+    # nothing committed: not a row, not even fredflow's tables (they are created inside the transaction)
+    assert count(db, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'observations'") == [(0,)]
     (run,) = resumable_runs(db, uri)
     assert run.staged_batches == run.n_batches == 5
     before = sim.stats()["requests"]
@@ -122,6 +124,45 @@ def test_resume_with_s3_staging_after_kill(tmp_path, sim, settings_for, moto):
     assert sim.stats()["requests"] == before  # every batch was staged on S3: nothing fetched again
     assert summary.n_rows == assert_db_matches(db, sim.catalog, ids)
     assert resumable_runs(db, uri) == []
+
+
+def _staged_batches(uri: str) -> set[int]:
+    return {int(name.split(".")[0].split("-")[1]) for run in run_folders(uri) for name in run.manifest_names()}
+
+
+def test_resume_with_s3_staging_after_kill_mid_fetch(tmp_path, slow_sim, settings_for, moto):
+    """The flow killed (-9) while fetching: ``fredflow resume`` with the s3:// staging fetches exactly the
+    batches with no manifest on S3 (2 requests per series: metadata, observations) and lands every row."""
+    uri = moto.uri(prefix="killed-mid-fetch")
+    db = tmp_path / "f.duckdb"
+    ids = slow_sim.catalog.series_ids[:40]
+    victim = _cli("ingest", "--db", str(db), "--series", ",".join(ids), "--api-url", slow_sim.url,
+                  "--api-key", DEMO_API_KEY, "--rate", "500", "--concurrency", "2", "--batch-size", "4",
+                  "--staging-dir", uri, "--quiet")
+    try:
+        _wait_for(lambda: len(_staged_batches(uri)) >= 3, "three batches staged on S3", victim)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    staged = _staged_batches(uri)
+    assert 3 <= len(staged) < 10
+    staged_series = {sid for b in staged for sid in ids[4 * b:4 * b + 4]}
+    (run,) = resumable_runs(db, uri)  # the killed holder's lease is free at once (its pid is gone)
+    assert (run.staged_batches, run.n_batches) == (len(staged), 10)
+
+    slow_sim.reset_stats()
+    summary = resume(db, run.run_id, settings=settings_for(slow_sim), staging_root=uri)
+    assert summary.exit_code == 0 and summary.run_id == run.run_id
+    assert summary.resumed_batches == len(staged)
+    assert slow_sim.stats()["requests"] == 2 * (len(ids) - len(staged_series))
+    assert summary.n_series == len(ids)
+    assert summary.n_rows == assert_db_matches(db, slow_sim.catalog, ids)
+    assert count(db, "SELECT run_id FROM ingest_runs") == [(run.run_id,)]
+    assert resumable_runs(db, uri) == []
+    assert not [p for p in _objects(uri) if f"/{run.run_id}/" in p or p.endswith(f"/{run.run_id}")]
 
 
 @pytest.mark.parametrize("runner", ["asyncio", "dask"])
@@ -143,3 +184,42 @@ def test_ingest_with_s3_staging_lands_every_row(tmp_path, sim, settings_for, mot
 def test_a_bucket_not_created_yet_holds_no_runs(moto):
     uri = moto.uri(bucket="fredflow-never-created", prefix="x").replace("&allow_bucket_creation=true", "")
     assert run_folders(uri) == []
+
+
+def test_a_stalled_s3_server_is_one_line_and_exit_1_not_a_hang(tmp_path, sim):
+    """An endpoint that accepts connections and never answers: every S3 request times out and is retried a
+    bounded number of times (FREDFLOW_S3_REQUEST_TIMEOUT=1 here), then the run stops with one line."""
+    import socket
+    import threading
+
+    held: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(0.2)
+
+        def accept(stop: threading.Event) -> None:
+            while not stop.is_set():
+                try:
+                    held.append(silent.accept()[0])
+                except (TimeoutError, OSError):
+                    pass
+
+        stop = threading.Event()
+        acceptor = threading.Thread(target=accept, args=(stop,), daemon=True)
+        acceptor.start()
+        uri = (f"s3://fredflow/stalled?endpoint_override=127.0.0.1:{silent.getsockname()[1]}&scheme=http"
+               "&region=us-east-1")
+        try:
+            run = _cli("ingest", "--db", str(tmp_path / "f.duckdb"), "--series", sim.catalog.series_ids[0],
+                       "--api-url", sim.url, "--api-key", DEMO_API_KEY, "--staging-dir", uri, "--quiet",
+                       env={**CREDENTIALS, "FREDFLOW_S3_REQUEST_TIMEOUT": "1"})
+            out, err = run.communicate(timeout=120)
+        finally:
+            stop.set()
+            acceptor.join(5)
+            for connection in held:
+                connection.close()
+    assert run.returncode == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith("fredflow: fatal: cannot create staging folder fredflow/stalled/") and "Timeout" in line
+    assert held  # it did reach the endpoint
+    assert not (tmp_path / "f.duckdb").exists()
