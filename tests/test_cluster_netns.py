@@ -1,8 +1,9 @@
 """A Dask worker on "another machine": its own network namespace (a veth pair; the flow's services are
 reachable only at the host side's 10.200.x.1) and its own mount namespace (a private tmpfs over the
 flow's data and staging folders). Every row lands exactly with local staging (bytes handed back) and
-with s3:// staging (moto on the veth address); a worker killed mid-run: the run completes or commits
-nothing; ``fredflow resume`` works with s3:// staging. Needs root (skipped otherwise)."""
+with s3:// staging (moto on the veth address); the worker killed mid-run: the run completes; the flow
+killed mid-run: nothing is committed and ``fredflow resume`` with s3:// staging fetches only what had no
+manifest. Needs root (skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -211,11 +212,72 @@ def _wait(predicate, proc, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _resume(lab, db: Path, uri: str, ids) -> None:
-    """`fredflow resume` of the one unfinished run on ``uri``, on the cluster: every row lands."""
-    assert not db.exists() or count(db, "SELECT count(*) FROM observations") == [(0,)]  # nothing committed
+def _staged_batches(uri: str) -> set[int]:
+    from fredflow.staging import run_folders
+
+    return {int(name.split(".")[0].split("-")[1]) for run in run_folders(uri) for name in run.manifest_names()}
+
+
+def _kill_workers(lab) -> None:
+    """SIGKILL every namespace worker and wait for it: no task of a dead flow runs on after this."""
+    for worker in lab.workers:
+        _stop(worker, signal.SIGKILL)
+    lab.workers.clear()
+
+
+_COMMON = ("--runner", "dask", "--batch-size", "2", "--rate", "20", "--concurrency", "2")
+
+
+@pytest.mark.timeout(600)
+def test_worker_killed_mid_run_the_run_completes(lab):
+    """The namespace worker is killed (-9) mid-run with s3:// staging and a new one joins: Dask runs the
+    lost batches again there and the run completes with every row exactly once."""
+    ids = lab.sim.catalog.series_ids[:40]
+    db = lab.private / "worker-killed.duckdb"
+    uri = lab.moto.uri(prefix="worker-killed")
+    run = _cli(lab, "ingest", "--db", str(db), "--series", ",".join(ids), "--dask-address", lab.scheduler,
+               "--staging-dir", uri, *_COMMON)
+    try:
+        _wait(lambda: len(_staged_batches(uri)) >= 3, run, 240, "three batches staged on S3")
+        assert len(_staged_batches(uri)) < 20, "the run ended before the worker could be killed"
+        _kill_workers(lab)
+        lab.start_worker()
+        out, err = run.communicate(timeout=300)
+    finally:
+        _stop(run, signal.SIGKILL)
+    assert run.returncode == 0, err[-3000:]
+    summary = orjson.loads(out)
+    assert summary["n_series"] == len(ids) and summary["n_failed"] == 0
+    assert summary["n_rows"] == assert_db_matches(db, lab.sim.catalog, ids)
+    assert count(db, "SELECT count(*) - count(DISTINCT (series_id, date)) FROM observations") == [(0,)]
+    assert resumable_runs(db, uri) == [] and _staged_batches(uri) == set()
+
+
+@pytest.mark.timeout(600)
+def test_flow_killed_mid_run_resume_with_s3_fetches_only_unstaged_batches(lab):
+    """The flow is killed (-9) mid-run with s3:// staging; its worker too (so no orphaned task fetches on).
+    Nothing is committed; `fredflow resume` on the cluster fetches exactly the batches with no manifest
+    on S3 (2 requests per series: metadata, observations) and lands every row."""
+    ids = lab.sim.catalog.series_ids[:40]
+    db = lab.private / "flow-killed.duckdb"
+    uri = lab.moto.uri(prefix="flow-killed")
+    run = _cli(lab, "ingest", "--db", str(db), "--series", ",".join(ids), "--dask-address", lab.scheduler,
+               "--staging-dir", uri, *_COMMON)
+    try:
+        _wait(lambda: len(_staged_batches(uri)) >= 3, run, 240, "three batches staged on S3")
+    finally:
+        _stop(run, signal.SIGKILL)
+    _kill_workers(lab)
+    lab.start_worker()
+    staged = _staged_batches(uri)
+    assert 3 <= len(staged) < 20
+    staged_series = {sid for b in staged for sid in ids[2 * b:2 * b + 2]}
+    assert not db.exists() or count(
+        db, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'observations'") == [(0,)]
     (pending,) = resumable_runs(db, uri)
-    assert pending.staged_batches >= 3
+    assert (pending.staged_batches, pending.n_batches) == (len(staged), 20)
+
+    lab.sim.reset_stats()
     done = _cli(lab, "resume", pending.run_id, "--db", str(db), "--staging-dir", uri, "--runner", "dask",
                 "--dask-address", lab.scheduler)
     try:
@@ -224,48 +286,7 @@ def _resume(lab, db: Path, uri: str, ids) -> None:
         _stop(done, signal.SIGKILL)
     assert done.returncode == 0, err[-3000:]
     summary = orjson.loads(out)
-    assert summary["resumed_batches"] >= 3
+    assert summary["resumed_batches"] == len(staged)
+    assert lab.sim.stats()["requests"] == 2 * (len(ids) - len(staged_series))
     assert summary["n_rows"] == assert_db_matches(db, lab.sim.catalog, ids)
-    assert resumable_runs(db, uri) == []
-
-
-@pytest.mark.timeout(900)
-def test_worker_killed_mid_run_then_resume_with_s3(lab):
-    """The namespace worker is killed (-9) mid-run and a new one joins. The run either completes with every
-    row, or (when it cannot finish within the bound) its flow is killed: nothing is committed and
-    `fredflow resume` finishes it. Then a flow killed mid-run with s3:// staging is resumed from S3."""
-    ids = lab.sim.catalog.series_ids[:40]
-    common = ("--series", ",".join(ids), "--runner", "dask", "--dask-address", lab.scheduler, "--batch-size", "2",
-              "--rate", "40", "--concurrency", "2")
-    # the worker killed: local staging, bytes handed back (killing a client mid-PUT can wedge moto's server)
-    db = lab.private / "killed.duckdb"
-    local = lab.private / "killed.staging"
-    run = _cli(lab, "ingest", "--db", str(db), *common)
-    try:
-        _wait(lambda: len(list(local.glob("*/batch-*.manifest.json"))) >= 3, run, 240, "three staged batches")
-        victim = next(w for w in lab.workers if w.poll() is None)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(30)
-        lab.start_worker()
-        try:
-            out, err = run.communicate(timeout=150)
-            completed = run.returncode == 0
-        except subprocess.TimeoutExpired:
-            completed = False
-        if not completed:
-            _stop(run, signal.SIGKILL)
-    finally:
-        _stop(run, signal.SIGKILL)
-    if completed:
-        assert orjson.loads(out)["n_rows"] == assert_db_matches(db, lab.sim.catalog, ids)
-    else:
-        _resume(lab, db, str(local), ids)
-    # the flow killed mid-run with s3:// staging: `fredflow resume` finishes it from S3
-    db = lab.private / "resumed.duckdb"
-    uri = lab.moto.uri(prefix="resumed")
-    run = _cli(lab, "ingest", "--db", str(db), "--staging-dir", uri, *common)
-    try:
-        _wait(lambda: _manifests(uri) >= 3, run, 240, "three staged batches")
-    finally:
-        _stop(run, signal.SIGKILL)
-    _resume(lab, db, uri, ids)
+    assert resumable_runs(db, uri) == [] and _staged_batches(uri) == set()
