@@ -2,8 +2,11 @@
 
 Object storage has no ``flock``, so a run there is held by a ``run.lease`` object: who holds it
 (host, pid, a random owner id) and until when. :meth:`StagingLease.acquire` refuses a lease
-another owner holds and that has not expired, writes its own, then reads it back (the last
-writer wins a race; the loser sees another owner and backs off). A thread renews it every
+another owner holds and that has not expired, writes its own, then reads it back (a writer that
+reads back another owner backs off). This narrows a race, it does not close it: two processes that
+both find the lease free and both read back before the other's PUT lands (one write latency
+apart) would both hold it; pyarrow offers no create-only PUT (``If-None-Match``). Starting the same
+``fredflow resume`` twice at once is the only way to get there. A thread renews it every
 ``ttl / 3`` seconds while the run lives; :meth:`release` deletes it. A run killed with ``kill -9``
 leaves a lease that counts as free at once on the same host (its pid is gone) and after ``ttl``
 (default 60 s) from any other: ``fredflow resume`` works then.
@@ -37,10 +40,12 @@ class StagingLease:
         self._thread: threading.Thread | None = None
 
     def _read(self) -> dict | None:
+        """The lease document, None if there is none (or it is not one). Any other storage error
+        propagates: an unreadable lease is not a free one."""
         try:
             with self.fs.open_input_stream(self.path) as stream:
                 doc = orjson.loads(stream.read())
-        except (FileNotFoundError, OSError, orjson.JSONDecodeError):
+        except (FileNotFoundError, orjson.JSONDecodeError):
             return None
         return doc if isinstance(doc, dict) else None
 
@@ -84,12 +89,12 @@ class StagingLease:
         if self._thread is not None:
             self._thread.join(10)
         self._stop = self._thread = None
-        doc = self._read()
-        if doc and doc.get("owner") == self.owner:
-            try:
+        try:
+            doc = self._read()
+            if doc and doc.get("owner") == self.owner:
                 self.fs.delete_file(self.path)
-            except OSError:
-                pass
+        except OSError:  # storage unreachable: the lease expires after ttl
+            pass
 
     @property
     def held(self) -> bool:
