@@ -94,6 +94,16 @@ def test_preflight_problems_one_line_each():
     assert pf.static_problems("tcp://127.0.0.1:8786", "http://127.0.0.1:4200/api") == []
 
 
+def test_preflight_that_gets_no_answer_fails_instead_of_hanging():
+    import threading
+
+    release = threading.Event()
+    with pytest.raises(FatalRunError, match="did not answer the preflight within 0 s"):
+        pf._bounded(release.wait, 0.2, "tcp://10.0.0.1:8786")
+    release.set()
+    assert pf._bounded(lambda: "reports", 5, "tcp://10.0.0.1:8786") == "reports"
+
+
 def _other_fredflow(tmp_path: Path) -> dict[str, str]:
     """The environment of a worker running another build of fredflow (one more line in its __init__)."""
     copy = tmp_path / "other" / "fredflow"

@@ -179,12 +179,33 @@ def preflight(dask_address: str, probes: dict[str, Any], *, timeout: float = 30.
             scheduler: Any = client.run_on_scheduler(scheduler_versions)
         except Exception as exc:  # noqa: BLE001
             scheduler = exc
-        reports = client.run(worker_report, probes, on_error="return")
+        reports = _bounded(lambda: client.run(worker_report, probes, on_error="return"), REPORT_TIMEOUT_S,
+                           dask_address)
     finally:
         client.close()
     lines = problems(reports, scheduler, probes)
     if lines:
         raise FatalRunError("\n".join(lines))
+
+
+#: How long the workers' reports may take: each probe is bounded (HTTP/TCP :data:`PROBE_TIMEOUT_S`,
+#: the staging write by the S3 timeouts of :mod:`fredflow.staging`); a worker that never answers
+#: (wedged, or its event loop blocked) fails the preflight instead of hanging it.
+REPORT_TIMEOUT_S = 180.0
+
+
+def _bounded(call, timeout: float, dask_address: str):  # noqa: ANN001, ANN202
+    """``call()`` in a thread, waited for at most ``timeout`` seconds (``Client.run`` has no timeout)."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fredflow-preflight")
+    try:
+        return pool.submit(call).result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise FatalRunError(f"the workers of {dask_address} did not answer the preflight within {timeout:.0f} s; "
+                            "check that they are alive and not blocked (dask worker logs)") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_run(dask_address: str, *, api_url: str | None, settings, staging_root: str, handback: bool) -> None:  # noqa: ANN001
