@@ -6,6 +6,7 @@ with its stderr; stopping waits at most 10 s before SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import subprocess
@@ -15,6 +16,29 @@ from pathlib import Path
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 START_TIMEOUT_S = 60
+
+
+@contextlib.contextmanager
+def aws_credentials():
+    """:data:`CREDENTIALS` in ``os.environ`` (processes started meanwhile, Dask workers, inherit them), then
+    the previous values back."""
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def staged_batches(uri: str) -> set[int]:
+    """The indexes of the batches with a manifest in every run folder under the staging ``uri``."""
+    from fredflow.staging import run_folders
+
+    return {int(name.split(".")[0].split("-")[1]) for run in run_folders(uri) for name in run.manifest_names()}
 
 
 class MotoServer:

@@ -24,7 +24,7 @@ from e2e import assert_db_matches, count
 from fredflow import CatalogSpec
 from fredflow.api import ingest, resumable_runs
 from fredflow.sim.server import DEMO_API_KEY
-from s3server import CREDENTIALS, MotoServer
+from s3server import CREDENTIALS, MotoServer, aws_credentials, staged_batches
 from test_cluster import BIN, _port
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network and mount namespaces need root")
@@ -109,9 +109,8 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     private = tmp_path_factory.mktemp("flow-data")
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(aws_credentials())
         ns, host_ip, ns_ip = stack.enter_context(_netns())
         lab = Lab(ns, host_ip, ns_ip, private)
         # the simulator, moto and the scheduler, reachable from the namespace only at host_ip
@@ -146,14 +145,7 @@ def lab(tmp_path_factory):
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         stack.enter_context(temporary_settings({PREFECT_API_URL: lab.api_url}))
-        try:
-            yield lab
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        yield lab
 
 
 def _settings(lab, **overrides):
@@ -212,12 +204,6 @@ def _wait(predicate, proc, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _staged_batches(uri: str) -> set[int]:
-    from fredflow.staging import run_folders
-
-    return {int(name.split(".")[0].split("-")[1]) for run in run_folders(uri) for name in run.manifest_names()}
-
-
 def _kill_workers(lab) -> None:
     """SIGKILL every namespace worker and wait for it: no task of a dead flow runs on after this."""
     for worker in lab.workers:
@@ -225,7 +211,18 @@ def _kill_workers(lab) -> None:
     lab.workers.clear()
 
 
-_COMMON = ("--runner", "dask", "--batch-size", "2", "--rate", "20", "--concurrency", "2")
+def _three_batches_staged(lab, name: str, ids) -> tuple[subprocess.Popen, Path, str]:
+    """`fredflow ingest` of ``ids`` on the cluster with s3:// staging, once three batches are staged on S3:
+    (the running CLI, its db, its staging URI). 20 batches of 2 series at 20 requests/s: ~4 s of fetching."""
+    db, uri = lab.private / f"{name}.duckdb", lab.moto.uri(prefix=name)
+    run = _cli(lab, "ingest", "--db", str(db), "--series", ",".join(ids), "--dask-address", lab.scheduler,
+               "--staging-dir", uri, "--runner", "dask", "--batch-size", "2", "--rate", "20", "--concurrency", "2")
+    try:
+        _wait(lambda: len(staged_batches(uri)) >= 3, run, 240, "three batches staged on S3")
+    except BaseException:
+        _stop(run, signal.SIGKILL)
+        raise
+    return run, db, uri
 
 
 @pytest.mark.timeout(600)
@@ -233,13 +230,9 @@ def test_worker_killed_mid_run_the_run_completes(lab):
     """The namespace worker is killed (-9) mid-run with s3:// staging and a new one joins: Dask runs the
     lost batches again there and the run completes with every row exactly once."""
     ids = lab.sim.catalog.series_ids[:40]
-    db = lab.private / "worker-killed.duckdb"
-    uri = lab.moto.uri(prefix="worker-killed")
-    run = _cli(lab, "ingest", "--db", str(db), "--series", ",".join(ids), "--dask-address", lab.scheduler,
-               "--staging-dir", uri, *_COMMON)
+    run, db, uri = _three_batches_staged(lab, "worker-killed", ids)
     try:
-        _wait(lambda: len(_staged_batches(uri)) >= 3, run, 240, "three batches staged on S3")
-        assert len(_staged_batches(uri)) < 20, "the run ended before the worker could be killed"
+        assert len(staged_batches(uri)) < 20, "the run ended before the worker could be killed"
         _kill_workers(lab)
         lab.start_worker()
         out, err = run.communicate(timeout=300)
@@ -250,7 +243,7 @@ def test_worker_killed_mid_run_the_run_completes(lab):
     assert summary["n_series"] == len(ids) and summary["n_failed"] == 0
     assert summary["n_rows"] == assert_db_matches(db, lab.sim.catalog, ids)
     assert count(db, "SELECT count(*) - count(DISTINCT (series_id, date)) FROM observations") == [(0,)]
-    assert resumable_runs(db, uri) == [] and _staged_batches(uri) == set()
+    assert resumable_runs(db, uri) == [] and staged_batches(uri) == set()
 
 
 @pytest.mark.timeout(600)
@@ -259,17 +252,12 @@ def test_flow_killed_mid_run_resume_with_s3_fetches_only_unstaged_batches(lab):
     Nothing is committed; `fredflow resume` on the cluster fetches exactly the batches with no manifest
     on S3 (2 requests per series: metadata, observations) and lands every row."""
     ids = lab.sim.catalog.series_ids[:40]
+    run, _, uri = _three_batches_staged(lab, "flow-killed", ids)
     db = lab.private / "flow-killed.duckdb"
-    uri = lab.moto.uri(prefix="flow-killed")
-    run = _cli(lab, "ingest", "--db", str(db), "--series", ",".join(ids), "--dask-address", lab.scheduler,
-               "--staging-dir", uri, *_COMMON)
-    try:
-        _wait(lambda: len(_staged_batches(uri)) >= 3, run, 240, "three batches staged on S3")
-    finally:
-        _stop(run, signal.SIGKILL)
+    _stop(run, signal.SIGKILL)
     _kill_workers(lab)
     lab.start_worker()
-    staged = _staged_batches(uri)
+    staged = staged_batches(uri)
     assert 3 <= len(staged) < 20
     staged_series = {sid for b in staged for sid in ids[2 * b:2 * b + 2]}
     assert not db.exists() or count(
@@ -289,4 +277,4 @@ def test_flow_killed_mid_run_resume_with_s3_fetches_only_unstaged_batches(lab):
     assert summary["resumed_batches"] == len(staged)
     assert lab.sim.stats()["requests"] == 2 * (len(ids) - len(staged_series))
     assert summary["n_rows"] == assert_db_matches(db, lab.sim.catalog, ids)
-    assert resumable_runs(db, uri) == [] and _staged_batches(uri) == set()
+    assert resumable_runs(db, uri) == [] and staged_batches(uri) == set()

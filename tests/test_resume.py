@@ -35,6 +35,18 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 120
         time.sleep(0.02)
 
 
+def _kill_when(victim: subprocess.Popen, predicate, what: str) -> None:
+    """SIGKILL ``victim`` once ``predicate()`` holds (bounded by :func:`_wait_for`); it is dead on return."""
+    try:
+        _wait_for(predicate, what, victim)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+
+
 def _paused_ingest(tmp_path: Path, db: Path, sim, ids, point: str, *extra: str) -> subprocess.Popen:
     """`fredflow ingest` in a child process, frozen at checkpoint ``point`` (see fredflow.testing.failpoints)."""
     marker = tmp_path / f"paused-{point}"
@@ -55,14 +67,7 @@ def test_resume_after_kill_fetches_only_what_was_not_staged(tmp_path, slow_sim, 
     victim = _cli("ingest", "--db", str(db), "--series", ",".join(ids), "--api-url", slow_sim.url,
                   "--api-key", DEMO_API_KEY, "--rate", "500", "--concurrency", "2", "--batch-size", "4", "--quiet")
     staging = tmp_path / "f.staging"
-    try:
-        _wait_for(lambda: len(_staged(staging)) >= 3, "three staged batches", victim)
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
+    _kill_when(victim, lambda: len(_staged(staging)) >= 3, "three staged batches")
     staged_batches = {int(p.name.split(".")[0].split("-")[1]) for p in _staged(staging)}
     assert 3 <= len(staged_batches) < 10
     staged_series = {sid for b in staged_batches for sid in ids[4 * b:4 * b + 4]}

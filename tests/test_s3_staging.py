@@ -18,23 +18,14 @@ from fredflow.api import ingest, resumable_runs, resume
 from fredflow.errors import StoreBusy
 from fredflow.sim.server import DEMO_API_KEY
 from fredflow.staging import RunStaging, filesystem_for, run_folders
-from s3server import CREDENTIALS, MotoServer
-from test_resume import _cli, _wait_for
+from s3server import CREDENTIALS, MotoServer, aws_credentials, staged_batches
+from test_resume import _cli, _kill_when
 
 
 @pytest.fixture(scope="module")
 def moto():
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # dask workers spawned later inherit them
-    try:
-        with MotoServer() as server:
-            yield server
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with aws_credentials(), MotoServer() as server:
+        yield server
 
 
 def _objects(uri: str) -> list[str]:
@@ -126,10 +117,6 @@ def test_resume_with_s3_staging_after_kill_inside_merge(tmp_path, sim, settings_
     assert resumable_runs(db, uri) == []
 
 
-def _staged_batches(uri: str) -> set[int]:
-    return {int(name.split(".")[0].split("-")[1]) for run in run_folders(uri) for name in run.manifest_names()}
-
-
 def test_resume_with_s3_staging_after_kill_mid_fetch(tmp_path, slow_sim, settings_for, moto):
     """The flow killed (-9) while fetching: ``fredflow resume`` with the s3:// staging fetches exactly the
     batches with no manifest on S3 (2 requests per series: metadata, observations) and lands every row."""
@@ -139,15 +126,8 @@ def test_resume_with_s3_staging_after_kill_mid_fetch(tmp_path, slow_sim, setting
     victim = _cli("ingest", "--db", str(db), "--series", ",".join(ids), "--api-url", slow_sim.url,
                   "--api-key", DEMO_API_KEY, "--rate", "500", "--concurrency", "2", "--batch-size", "4",
                   "--staging-dir", uri, "--quiet")
-    try:
-        _wait_for(lambda: len(_staged_batches(uri)) >= 3, "three batches staged on S3", victim)
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
-    staged = _staged_batches(uri)
+    _kill_when(victim, lambda: len(staged_batches(uri)) >= 3, "three batches staged on S3")
+    staged = staged_batches(uri)
     assert 3 <= len(staged) < 10
     staged_series = {sid for b in staged for sid in ids[4 * b:4 * b + 4]}
     (run,) = resumable_runs(db, uri)  # the killed holder's lease is free at once (its pid is gone)
