@@ -19,7 +19,7 @@ import sys
 import threading
 from concurrent.futures import Future
 
-from .ephemeral import SERVER_NICE
+from .ephemeral import SERVER_NICE, stop_process
 
 
 def main() -> None:
@@ -81,13 +81,7 @@ class ClusterProcess:
                 f"the Dask LocalCluster process exited (code {self.process.wait()}) before it was ready"))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
         if self.process.stdout:
             self.process.stdout.close()
 

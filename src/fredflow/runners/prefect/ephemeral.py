@@ -119,17 +119,23 @@ class EphemeralServer:
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=5)
         watchdog, self.watchdog = self.watchdog, None
         if watchdog is not None:
             watchdog.kill()
             watchdog.wait()
         atexit.unregister(self.stop)
+
+
+def stop_process(process: subprocess.Popen, *, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s; reaped either way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def watch_parent(server_pid: int | None):  # noqa: ANN201 - subprocess.Popen | None
