@@ -22,6 +22,15 @@ def sim():
         yield process
 
 
+@pytest.fixture(scope="module")
+def slow_sim():
+    """Every request takes 0.05 s: with --concurrency 2 a run of 40 series lasts ~2 s, long enough to kill."""
+    from fredflow.sim.process import SimProcess
+
+    with SimProcess(n_series=60, seed=11, obs_per_series=200, long_series=0, latency=0.05) as process:
+        yield process
+
+
 @pytest.fixture
 def settings_for():
     """Settings pointing at a simulator, fast retries (tests should not sleep for seconds)."""

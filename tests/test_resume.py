@@ -17,15 +17,7 @@ from e2e import assert_db_matches, count
 from fredflow import CatalogSpec
 from fredflow.errors import UsageError
 from fredflow.api import ingest, resumable_runs, resume
-from fredflow.sim.process import SimProcess
 from fredflow.sim.server import DEMO_API_KEY
-
-
-@pytest.fixture(scope="module")
-def slow_sim():
-    """Every request takes 0.05 s: with --concurrency 2 a run of 40 series lasts ~2 s, long enough to kill."""
-    with SimProcess(n_series=60, seed=11, obs_per_series=200, long_series=0, latency=0.05) as process:
-        yield process
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -41,6 +33,18 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 120
         assert proc.poll() is None, f"exited ({proc.returncode}) before {what}: {proc.stderr.read()}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def _kill_when(victim: subprocess.Popen, predicate, what: str) -> None:
+    """SIGKILL ``victim`` once ``predicate()`` holds (bounded by :func:`_wait_for`); it is dead on return."""
+    try:
+        _wait_for(predicate, what, victim)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
 
 
 def _paused_ingest(tmp_path: Path, db: Path, sim, ids, point: str, *extra: str) -> subprocess.Popen:
@@ -63,14 +67,7 @@ def test_resume_after_kill_fetches_only_what_was_not_staged(tmp_path, slow_sim, 
     victim = _cli("ingest", "--db", str(db), "--series", ",".join(ids), "--api-url", slow_sim.url,
                   "--api-key", DEMO_API_KEY, "--rate", "500", "--concurrency", "2", "--batch-size", "4", "--quiet")
     staging = tmp_path / "f.staging"
-    try:
-        _wait_for(lambda: len(_staged(staging)) >= 3, "three staged batches", victim)
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
+    _kill_when(victim, lambda: len(_staged(staging)) >= 3, "three staged batches")
     staged_batches = {int(p.name.split(".")[0].split("-")[1]) for p in _staged(staging)}
     assert 3 <= len(staged_batches) < 10
     staged_series = {sid for b in staged_batches for sid in ids[4 * b:4 * b + 4]}

@@ -131,8 +131,10 @@ def test_staging_on_another_filesystem_writes_reads_and_lists_runs(tmp_path):
     assert manifest.check_files(fs) is None
     assert (tmp_path / "staging" / "run-9" / "batch-000000.manifest.json").exists()
     assert [m.batch_index for m in staging.manifests()] == [0]
-    staging.hold()  # not a local folder: no flock, nothing to hold
-    assert not staging.is_held()
+    staging.hold()  # not a local folder: no flock, a lease object (fredflow.staging_lease)
+    assert staging.is_held() and (tmp_path / "staging" / "run-9" / "run.lease").exists()
+    staging.release()
+    assert not staging.is_held() and not (tmp_path / "staging" / "run-9" / "run.lease").exists()
     staging.remove()
     assert not (tmp_path / "staging" / "run-9").exists()
 

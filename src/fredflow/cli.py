@@ -161,10 +161,15 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch_size: bool = True
     parser.add_argument("--threads-per-worker", type=_positive_int, help="dask: threads per worker process (default 4)")
     parser.add_argument("--thread-slots", type=_positive_int, help="thread: batches run at once (default 8)")
     parser.add_argument("--dask-address", help="dask: use an existing cluster, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--handback", action=argparse.BooleanOptionalAction, default=None,
+                        help="dask: batches hand staged bytes back to the flow (default: with --dask-address and a "
+                             "local --staging-dir; --no-handback for a folder every worker shares)")
+    parser.add_argument("--quota-address", metavar="HOST:PORT",
+                        help="dask: address workers reach the run's token service at (NAT, tunnels; [v6]:PORT)")
     if batch_size:
         parser.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
                             help="series per batch (default auto)")
-    parser.add_argument("--staging-dir", type=Path, help="where runs stage files (default: beside the db)")
+    parser.add_argument("--staging-dir", help="where runs stage files: a folder or a URI (s3://bucket/prefix, gs://…; default: beside the db)")
     parser.add_argument("--lock-timeout", type=_non_negative_float, metavar="SECONDS",
                         help="how long the merge waits for another program (a notebook) to release the "
                              "database (default 300); then exit 1, the run resumable")
@@ -233,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--db", type=Path, required=True)
     runs.add_argument("--limit", type=_positive_int, default=20)
     runs.add_argument("--json", action="store_true")
-    runs.add_argument("--staging-dir", type=Path, help="where runs were staged, if not beside the db")
+    runs.add_argument("--staging-dir", help="where runs were staged, if not beside the db")
 
     changes = commands.add_parser("changes", help="list the revision log: values runs revised, deleted or added")
     changes.add_argument("--db", type=Path, required=True)
@@ -258,8 +263,8 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
     given = dict(api_url=args.api_url, api_key=args.api_key, rate=args.rate, burst=args.burst,
                  concurrency=args.concurrency, timeout=args.timeout, max_attempts=args.max_attempts,
                  max_retry_after=args.max_retry_after, max_body_bytes=args.max_body_bytes,
-                 lock_timeout=getattr(args, "lock_timeout", None), key_budget=args.key_budget,
-                 budget_dir=args.budget_dir, prefect_limit=args.prefect_limit)
+                 lock_timeout=getattr(args, "lock_timeout", None), quota_address=getattr(args, "quota_address", None),
+                 key_budget=args.key_budget, budget_dir=args.budget_dir, prefect_limit=args.prefect_limit)
     try:
         return Settings.from_env(**{**(stored or {}), **{k: v for k, v in given.items() if v is not None}})
     except ValueError as exc:  # pydantic validation
@@ -269,7 +274,8 @@ def _settings(args: argparse.Namespace, stored: dict | None = None):
 def _runner_options(args: argparse.Namespace) -> dict:
     """The runner flags given (RunOptions checks that they fit the runner)."""
     options = {"workers": args.workers, "threads_per_worker": args.threads_per_worker,
-               "thread_slots": args.thread_slots, "dask_address": args.dask_address}
+               "thread_slots": args.thread_slots, "dask_address": args.dask_address,
+               "handback": getattr(args, "handback", None)}
     return {k: v for k, v in options.items() if v is not None}
 
 

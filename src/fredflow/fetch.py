@@ -37,6 +37,7 @@ class RunJob:
     staging_root: str  # a local path or a URI (see fredflow.staging)
     settings: Settings
     quota_url: str | None = None  # the run's TokenService, when batches run in other threads/processes
+    handback: bool = False  # stage on the worker and hand the bytes back (runners/prefect/handback.py)
 
     def staging(self) -> RunStaging:
         return RunStaging(self.staging_root, self.run_id)

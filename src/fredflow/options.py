@@ -151,6 +151,9 @@ class RunOptions(BaseModel):
     """Thread runner: batches run at once (default 8)."""
     dask_address: str | None = None
     """Use an existing Dask cluster (``tcp://HOST:8786``) instead of a local one."""
+    handback: bool | None = None
+    """Dask: batches hand their staged bytes back to the flow, which stages them (default: with
+    ``dask_address`` and a local staging path; off for object storage or a shared folder)."""
     resume: str | None = None
     """The id of an unfinished run to finish instead of planning a new one."""
     force: bool = False
@@ -185,6 +188,8 @@ class RunOptions(BaseModel):
                              "no --start/--end/--realtime-start/--realtime-end")
         if (self.realtime_start or self.realtime_end) and not self.vintages:
             raise UsageError("--realtime-start/--realtime-end need --vintages")
+        if self.handback is not None and self.runner != RunnerName.DASK:
+            raise UsageError(f"--handback/--no-handback do not apply to --runner {self.runner}")
         if self.resume is None and self.catalog is None:
             raise UsageError("give exactly one of --series, --series-file, --release or --category")
         wrong = [name for name, runners in RUNNER_FIELDS.items()

@@ -48,6 +48,8 @@ class Settings(BaseModel):
     # DuckDB's memory cap during the merge: above it, the upsert's hash join spills to <db>.tmp
     # instead of growing (re-merging 20M rows: 0.57 GiB peak at 512MB, 1.57 GiB uncapped; merge_strategies.py).
     merge_memory_limit: str = Field("512MB", pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
+    # HOST:PORT Dask workers reach the run's token service at (NAT, tunnels; [v6]:PORT), env FREDFLOW_QUOTA_ADDRESS
+    quota_address: str | None = None
     # one budget per api key (fredflow.ratelimit.budget): "machine" shares the key's schedule with every
     # run on this machine (a file per key hash in budget_dir); "run" paces this run alone
     key_budget: Literal["machine", "run"] = "machine"
@@ -62,6 +64,8 @@ class Settings(BaseModel):
             values["api_url"] = os.environ["FRED_API_URL"]
         if os.environ.get("FRED_API_KEY"):
             values["api_key"] = os.environ["FRED_API_KEY"]
+        if os.environ.get("FREDFLOW_QUOTA_ADDRESS"):
+            values["quota_address"] = os.environ["FREDFLOW_QUOTA_ADDRESS"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -19,7 +19,8 @@ run stops and commits nothing.
 
 Every file operation goes through a :mod:`pyarrow.fs` filesystem (``RunStaging(..., filesystem=)``):
 the local disk today; a staging root given as a URI (``s3://bucket/prefix``) picks pyarrow's
-filesystem for it. The run lock (:class:`PidLock`) needs a local folder.
+filesystem for it. The run lock is a :class:`PidLock` (flock) on a local folder and a lease object
+(:mod:`fredflow.staging_lease`) on object storage, where files are written by one PUT each, no rename.
 """
 
 from __future__ import annotations
@@ -112,10 +113,29 @@ def filesystem_for(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     text = os.fspath(root)
     if "://" in text:
         try:
-            return pafs.FileSystem.from_uri(text)
+            fs, path = pafs.FileSystem.from_uri(text)
         except (pa.ArrowException, ValueError) as exc:
             raise FatalRunError(f"cannot use staging {text}: {exc}") from None
+        return _patient(fs), path
     return pafs.LocalFileSystem(), os.path.abspath(text)
+
+
+#: S3 timeouts and attempts, explicit: a request that receives under 1 byte/s for ``request`` seconds
+#: fails and is retried, at most ``attempts`` times in all, so a stalled server becomes a one-line
+#: :class:`FatalRunError` within about ``attempts x request`` seconds, never a hang. The SDK's default
+#: (3 s) fails a merge on a slow link; a URI cannot set these (pyarrow rejects the parameters).
+#: ``FREDFLOW_S3_REQUEST_TIMEOUT`` (seconds) overrides ``request`` in every process that reads it.
+S3_REQUEST_TIMEOUT_S, S3_CONNECT_TIMEOUT_S, S3_ATTEMPTS = 30.0, 10.0, 3
+
+
+def _patient(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """An S3 filesystem with explicit timeouts and retries (see :data:`S3_REQUEST_TIMEOUT_S`); others as given."""
+    if not isinstance(fs, getattr(pafs, "S3FileSystem", ())):
+        return fs
+    rebuild, (options,) = fs.__reduce__()
+    request = float(os.environ.get("FREDFLOW_S3_REQUEST_TIMEOUT") or S3_REQUEST_TIMEOUT_S)
+    return rebuild({**options, "request_timeout": request, "connect_timeout": min(S3_CONNECT_TIMEOUT_S, request),
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,16 +207,19 @@ class BatchManifest:
 def _staging_write(fs: pafs.FileSystem, path: str) -> Iterator[str]:
     """Write ``path`` through ``<path>.tmp``. A storage error (full, read-only, gone) becomes a
     one-line :class:`FatalRunError`: the run cannot stage, so it stops and commits nothing."""
-    tmp = path + ".tmp"
+    # object storage: one PUT is already all-or-nothing (and a rename there is a copy)
+    tmp = path + ".tmp" if isinstance(fs, pafs.LocalFileSystem) else path
     try:
         yield tmp
-        fs.move(tmp, path)
+        if tmp != path:
+            fs.move(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             fs.delete_file(tmp)
         reason = exc.strerror or " ".join(str(exc).split())
-        raise FatalRunError(f"cannot write staging file {path}: {reason}; free space there "
-                            "or choose another --staging-dir") from None
+        hint = ("free space there or choose another --staging-dir" if isinstance(fs, pafs.LocalFileSystem)
+                else "check the bucket, its credentials and endpoint, or choose another --staging-dir")
+        raise FatalRunError(f"cannot write staging file {path}: {reason}; {hint}") from None
 
 
 def _atomic_write_bytes(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
@@ -272,14 +295,21 @@ class RunStaging:
         return doc
 
     def _lock(self) -> PidLock:
-        return _HELD.get(self.path) or PidLock(self.file("run.lock"))
+        if self._local:
+            return _HELD.get(self.path) or PidLock(self.file("run.lock"))
+        from .staging_lease import StagingLease  # object storage: a lease object, no flock
+
+        return _HELD.get(self.path) or StagingLease(self.fs, self.file("run.lease"))  # type: ignore[return-value]
 
     def hold(self) -> None:
         """Take the run's lock for this process's lifetime (until :meth:`release`); :class:`StoreBusy`
         if another live process holds it. The kernel drops it when the process dies."""
-        if not self._local:
-            return  # object storage has no flock: a run there is held by nobody (see README)
-        lock = PidLock(self.file("run.lock"))
+        if self._local:
+            lock = PidLock(self.file("run.lock"))
+        else:
+            from .staging_lease import StagingLease
+
+            lock = StagingLease(self.fs, self.file("run.lease"))  # type: ignore[assignment]
         try:
             lock.acquire()
         except LockHeld as held:
@@ -294,7 +324,7 @@ class RunStaging:
 
     def is_held(self) -> bool:
         """True while some live process runs this run (holds its lock)."""
-        return self._local and self._lock().is_locked()
+        return self._lock().is_locked()
 
     def read_run_info(self) -> dict[str, Any]:
         return orjson.loads(_read_bytes(self.fs, self.file("run.json")))
@@ -354,6 +384,10 @@ def run_folders(root: str | os.PathLike[str]) -> list[RunStaging]:
         infos = fs.get_file_info(pafs.FileSelector(base))
     except FileNotFoundError:
         return []
+    except OSError as exc:  # object storage: a bucket not created yet holds no run
+        if "NO_SUCH_BUCKET" in str(exc):
+            return []
+        raise
     return [RunStaging(base, posixpath.basename(i.path), fs) for i in sorted(infos, key=lambda i: i.path)
             if i.type == pafs.FileType.Directory]
 

@@ -39,6 +39,7 @@ from ..errors import FatalRunError, Interrupted, StoreBusy
 from ..staging import BatchManifest, LockHeld, PidLock
 from ..state import SeriesState, StateUpdate
 from ..testing.failpoints import checkpoint
+from .staged_scan import staged
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS observations (
@@ -363,7 +364,8 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
               vintage_range: tuple[date | None, date | None] = (None, None),
               slices: Sequence[tuple[str, date | None, date | None]] | None = None,
               vintage_starts: Sequence[tuple[str, date]] = (), vintages: bool = False,
-              memory_limit: str | None = "512MB", lock_timeout: float = 0.0) -> dict[str, int]:
+              memory_limit: str | None = "512MB", lock_timeout: float = 0.0,
+              filesystem: Any = None) -> dict[str, int]:
     """Merge every staged file of a run and record the run, in ONE transaction.
 
     ``state``: the run fetched its series through their latest observation, so
@@ -374,6 +376,8 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
     periods, so merging row by row would mix clipped and whole periods).
     ``memory_limit`` caps DuckDB for the merge: beyond it the upsert's join
     spills to disk, so the merge of a large backfill stays flat in memory.
+    ``filesystem``: the staging's :mod:`pyarrow.fs` filesystem; object storage is read through Arrow
+    (:mod:`~fredflow.destinations.staged_scan`), each list of staged files as one named table.
 
     ``slices``: ``(series_id, first, last)`` observation dates the run fetched
     whole (None: open). Each slice of a series that succeeded is *replaced*: its
@@ -405,6 +409,9 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
         con.begin()
         try:
             ensure_schema(con)  # inside the transaction: a failed merge leaves no fredflow table behind
+            staged_observations = staged(con, "_staged_observations", observation_files, filesystem)
+            staged_vintages = staged(con, "_staged_vintages", vintage_files, filesystem)
+            staged_series = staged(con, "_staged_series", series_files, filesystem)
             ok = set(succeeded)
             replaced = [(sid, lo, hi) for sid, lo, hi in (slices or ()) if sid in ok]
             if replaced:
@@ -412,13 +419,13 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                     "series_id": pa.array([r[0] for r in replaced], pa.string()),
                     "lo": pa.array([r[1] for r in replaced], pa.date32()),
                     "hi": pa.array([r[2] for r in replaced], pa.date32())}))
-                counts = _log_revisions(con, record.run_id, observation_files)
+                counts = _log_revisions(con, record.run_id, staged_observations)
                 con.execute(f"DELETE FROM observations o USING _slices s WHERE {_IN_SLICE}")
                 record.n_revised, record.n_deleted, record.n_added = (
                     counts["revised"], counts["deleted"], counts["added"])
             if observation_files:
                 _upsert(con, "observations", ("series_id", "date"),
-                        "series_id, date, value, realtime_start, realtime_end", observation_files,
+                        "series_id, date, value, realtime_start, realtime_end", staged_observations,
                         skip_sliced=bool(replaced))
             if vintage_files:
                 first, last = vintage_range
@@ -426,33 +433,32 @@ def merge_run(db_path: str | Path, record: RunRecord, manifests: Iterable[BatchM
                 con.register("_vstarts", pa.table({"series_id": pa.array([c[0] for c in continued], pa.string()),
                                                    "l": pa.array([c[1] for c in continued], pa.date32())}))
                 con.execute(
-                    """
-                    DELETE FROM vintages WHERE series_id IN (SELECT DISTINCT series_id FROM read_parquet($files))
+                    f"""
+                    DELETE FROM vintages WHERE series_id IN (SELECT DISTINCT series_id FROM {staged_vintages})
                     AND series_id NOT IN (SELECT series_id FROM _vstarts)
                     AND date >= coalesce($first, DATE '0001-01-01') AND date <= coalesce($last, DATE '9999-12-31')
                     """,
-                    {"files": vintage_files, "first": first, "last": last},
+                    {"first": first, "last": last},
                 )
                 if continued:
-                    _stitch_vintages(con, vintage_files)
+                    _stitch_vintages(con, staged_vintages)
                 con.execute("INSERT INTO vintages (series_id, date, realtime_start, realtime_end, value) "
-                            "SELECT series_id, date, realtime_start, realtime_end, value FROM read_parquet($files) "
-                            "WHERE series_id NOT IN (SELECT series_id FROM _vstarts)",
-                            {"files": vintage_files})
+                            f"SELECT series_id, date, realtime_start, realtime_end, value FROM {staged_vintages} "
+                            "WHERE series_id NOT IN (SELECT series_id FROM _vstarts)")
             if series_files and succeeded:
                 # A listing may carry series that failed later; store metadata of the ones ingested.
                 con.execute(
                     f"""
                     INSERT INTO series
                     SELECT series_id, {_SERIES_COLUMNS}, now() AS fetched_at, $run_id AS last_run_id
-                    FROM read_parquet($files)
+                    FROM {staged_series}
                     WHERE series_id IN (SELECT unnest($succeeded))
                     QUALIFY row_number() OVER (PARTITION BY series_id) = 1
                     ON CONFLICT (series_id) DO UPDATE SET
                         {", ".join(f"{c} = excluded.{c}" for c in _SERIES_COLUMNS.split(", "))},
                         fetched_at = excluded.fetched_at, last_run_id = excluded.last_run_id
                     """,
-                    {"files": series_files, "succeeded": succeeded, "run_id": record.run_id},
+                    {"succeeded": succeeded, "run_id": record.run_id},
                 )
             if state is not None and vintages:
                 _update_state(con, state, succeeded, record.run_id, "vintage_state")
@@ -491,7 +497,7 @@ _IN_SLICE = ("o.series_id = s.series_id AND o.date >= coalesce(s.lo, DATE '0001-
              "AND o.date <= coalesce(s.hi, DATE '9999-12-31')")
 
 
-def _log_revisions(con: duckdb.DuckDBPyConnection, run_id: str, files: list[str]) -> dict[str, int]:
+def _log_revisions(con: duckdb.DuckDBPyConnection, run_id: str, staged_observations: str | None) -> dict[str, int]:
     """Append to ``revisions`` every difference between the stored rows of the replaced slices (the
     rows the merge is about to delete) and the staged ones, and count them by kind.
 
@@ -500,8 +506,8 @@ def _log_revisions(con: duckdb.DuckDBPyConnection, run_id: str, files: list[str]
     before, for a series that had rows in its slice. A series' first load (nothing stored in its
     slice) is not logged row by row: it is the run's ``n_rows``, not a change.
     """
-    staged = ("(SELECT series_id, date, value FROM read_parquet($files) WHERE series_id IN "
-              "(SELECT series_id FROM _slices))" if files else
+    staged = (f"(SELECT series_id, date, value FROM {staged_observations} WHERE series_id IN "
+              "(SELECT series_id FROM _slices))" if staged_observations else
               "(SELECT NULL::VARCHAR AS series_id, NULL::DATE AS date, NULL::DOUBLE AS value WHERE false)")
     con.execute(
         f"""
@@ -514,23 +520,23 @@ def _log_revisions(con: duckdb.DuckDBPyConnection, run_id: str, files: list[str]
            OR (o.date IS NULL AND n.series_id IN (
                 SELECT DISTINCT o.series_id FROM observations o JOIN _slices s ON {_IN_SLICE}))
         """,
-        {"run_id": run_id, **({"files": files} if files else {})},
+        {"run_id": run_id},
     )
     rows = con.execute("SELECT kind, count(*) FROM revisions WHERE run_id = $run_id GROUP BY kind",
                        {"run_id": run_id}).fetchall()
     return {"revised": 0, "deleted": 0, "added": 0, **dict(rows)}
 
 
-def _stitch_vintages(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+def _stitch_vintages(con: duckdb.DuckDBPyConnection, staged_vintages: str) -> None:
     """Stitch the vintages FRED served from L (``_vstarts``: each series' newest stored vintage date) onto
     the stored history. FRED clips every period to ``realtime_start`` = L, so a period that was open
     at L comes back starting on L: that row continues the stored one (same value, the same period),
     which takes its end (closed where a new vintage starts, or still open); every other served row
     starts on or after L and replaces the stored rows starting there."""
-    con.execute("""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _served AS
         SELECT s.series_id, s.date, s.realtime_start, s.realtime_end, s.value, v.l
-        FROM read_parquet($files) s JOIN _vstarts v USING (series_id)""", {"files": files})
+        FROM {staged_vintages} s JOIN _vstarts v USING (series_id)""")
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _continued AS
         SELECT t.series_id, t.date, t.realtime_start, s.realtime_end
@@ -585,14 +591,14 @@ def _update_state(con: duckdb.DuckDBPyConnection, state: StateUpdate, succeeded:
 
 
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, key: tuple[str, ...], columns: str,
-            files: list[str], *, skip_sliced: bool = False) -> None:
-    """Replace the rows of ``table`` whose ``key`` is in the staged ``files``, then insert the staged rows.
-    ``skip_sliced``: series in ``_slices`` were deleted by slice already; their keys need no delete."""
+            staged_table: str, *, skip_sliced: bool = False) -> None:
+    """Replace the rows of ``table`` whose ``key`` is in ``staged_table`` (see :func:`staged`), then insert
+    the staged rows. ``skip_sliced``: series in ``_slices`` were deleted by slice already; their keys need no delete."""
     match = " AND ".join(f"t.{k} = s.{k}" for k in key)
     if skip_sliced:
         match += " AND s.series_id NOT IN (SELECT series_id FROM _slices)"
-    con.execute(f"DELETE FROM {table} t USING read_parquet($files) s WHERE {match}", {"files": files})
-    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet($files)", {"files": files})
+    con.execute(f"DELETE FROM {table} t USING {staged_table} s WHERE {match}")
+    con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staged_table}")
 
 
 def read_revisions(db_path: str | Path, *, since: date | datetime | None = None, run_id: str | None = None,
@@ -672,11 +678,12 @@ class DuckDBDestination:
               state: StateUpdate | None = StateUpdate(),
               vintage_range: tuple[date | None, date | None] = (None, None),
               slices: Sequence[tuple[str, date | None, date | None]] | None = None,
-              vintage_starts: Sequence[tuple[str, date]] = (), vintages: bool = False) -> dict[str, int]:
+              vintage_starts: Sequence[tuple[str, date]] = (), vintages: bool = False,
+              filesystem: Any = None) -> dict[str, int]:
         """Every staged file of a run and its record, in ONE transaction (see :func:`merge_run`)."""
         return merge_run(self.path, record, manifests, catalog_files, state=state, vintage_range=vintage_range,
                          slices=slices, vintage_starts=vintage_starts, vintages=vintages,
-                         memory_limit=self.memory_limit, lock_timeout=self.lock_timeout)
+                         memory_limit=self.memory_limit, lock_timeout=self.lock_timeout, filesystem=filesystem)
 
     def read_vintage_state(self) -> dict[str, SeriesState]:
         return read_vintage_state(self.path)

@@ -44,9 +44,10 @@ class TokenService:
     """
 
     def __init__(self, rate: float = 0.0, burst: int = 1, *, schedule: Schedule | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, advertise: str | None = None) -> None:
         self.schedule = schedule if schedule is not None else Schedule(rate, burst)
         self.host, self.port = host, port
+        self.advertise = advertise  # the host tasks reach it at, when not the bound one (NAT, tunnel)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -108,7 +109,8 @@ class TokenService:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = self.advertise or self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def stop(self) -> None:
         if self._loop and self._thread:
@@ -280,8 +282,11 @@ def reachable_host(dask_address: str | None) -> str:
     if not dask_address:
         return "127.0.0.1"
     host = urlparse(dask_address if "://" in dask_address else f"tcp://{dask_address}").hostname or "127.0.0.1"
-    if host in ("127.0.0.1", "localhost", "::1"):
+    if host in ("127.0.0.1", "localhost"):
         return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((host, 9))  # no packet is sent: this only picks the outgoing interface
+    if host == "::1":
+        return "::1"
+    family, _, _, _, address = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]  # IPv4 or IPv6
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(address[:2] if family == socket.AF_INET else address)  # no packet is sent: picks the interface
         return probe.getsockname()[0]

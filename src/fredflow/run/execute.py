@@ -101,7 +101,7 @@ def finish_run(plan: RunPlan, manifests: list[BatchManifest]) -> RunSummary:
     counts = plan.destination.merge(record, manifests, plan.staging.catalog_files, state=plan.state,
                                     vintage_range=plan.vintage_range if plan.vintages else (None, None),
                                     slices=plan.replaced_slices(), vintage_starts=plan.vintage_starts(),
-                                    vintages=plan.vintages)
+                                    vintages=plan.vintages, filesystem=plan.staging.fs)
     summary.n_revised, summary.n_deleted, summary.n_added = counts["n_revised"], counts["n_deleted"], counts["n_added"]
     ACTIVE_RUN.committed = True
     plan.staging.remove()

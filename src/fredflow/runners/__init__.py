@@ -8,6 +8,8 @@ supplies only the fan-out; none of them parses, stages, merges or talks to FRED 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Protocol
 
 from ..errors import UsageError
@@ -44,8 +46,18 @@ def make_runner(options: RunOptions) -> Runner:
     # imported and its temporary server started (the flow takes the lock for real; this is the early answer)
     with DuckDBDestination(options.db).lock():
         pass
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        # the temporary Prefect server boots (seconds of imports, in its own process) while this one imports
+        # Prefect and plans the run; a PREFECT_API_URL from a Prefect profile stops it again (prefect_api)
+        from .prefect.ephemeral import EphemeralServer
+
+        with contextlib.suppress(OSError):
+            server = EphemeralServer().launch()
     try:
         from .prefect.runner import PrefectRunner
     except ImportError as exc:  # pragma: no cover - depends on the install
+        if server is not None:
+            server.stop()
         raise UsageError(f"--runner {options.runner} needs prefect and prefect-dask installed ({exc})") from None
-    return PrefectRunner(str(options.runner), **options.runner_options())
+    return PrefectRunner(str(options.runner), **options.runner_options(), server=server)

@@ -1,7 +1,7 @@
 """The Prefect API a run reports to, reachable from every process that runs its tasks.
 
 With ``PREFECT_API_URL`` set, runs go to that server. Without it, :func:`prefect_api` starts a
-temporary local server for the run (a subprocess, Prefect's own ``SubprocessASGIServer``) and puts
+temporary local server for the run (a subprocess, :mod:`~fredflow.runners.prefect.ephemeral`) and puts
 its URL in the settings context, which prefect-dask ships with every task, so Dask worker processes
 report to it instead of trying (and failing) to start their own. Long-lived workers of an existing
 cluster also get :class:`PrefectApiPlugin`, which resets their cached event and log shippers
@@ -13,62 +13,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from pathlib import Path
 from typing import Iterator
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from .ephemeral import EphemeralServer, startup_timeout, watch_parent  # noqa: F401 - watch_parent: re-exported
+
 @contextlib.contextmanager
-def prefect_api() -> Iterator[str]:
+def prefect_api(server: EphemeralServer | None = None) -> Iterator[str]:
     """Yield a Prefect API URL that other processes (Dask workers) can reach.
 
-    ``PREFECT_API_URL`` set: use it. Otherwise start a local server for the
-    duration of the block and stop it after. Its database is fredflow's own
-    file under ``PREFECT_HOME`` (``fredflow-runs.db``): kept between runs, so
-    start-up skips the migrations (~6 s instead of ~12 s here) and the history
-    stays, without contending with other Prefect servers for ``prefect.db``.
+    ``PREFECT_API_URL`` set (environment or profile): use it (and stop ``server`` if one was launched
+    early). Otherwise use ``server``, a temporary local server launched early by
+    :func:`~fredflow.runners.make_runner` (or launch one now), wait until it answers, and stop it after
+    the block. Its database is fredflow's own file under ``PREFECT_HOME`` (``fredflow-runs.db``): kept
+    between runs, so start-up skips the migrations and the history stays.
     """
     url = PREFECT_API_URL.value()
     if url:
+        if server is not None:
+            server.stop()
         yield url
         return
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_DATABASE_CONNECTION_URL
-
-    home = Path(PREFECT_HOME.value()).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    database = f"sqlite+aiosqlite:///{home / 'fredflow-runs.db'}"
-    # the server subprocess inherits the current settings: it opens this database
-    with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: database}):
-        server = SubprocessASGIServer()
-        server.start()
-        watchdog = watch_parent(server.server_process.pid if server.server_process else None)
-        try:
-            with temporary_settings({PREFECT_API_URL: server.api_url}):
-                try:
-                    yield server.api_url
-                finally:  # a failed or interrupted run too: nothing left to ship to a server that is gone
-                    _flush_prefect_services()
-        finally:
-            server.stop()
-            if watchdog is not None:
-                watchdog.kill()
-                watchdog.wait()
-
-
-def watch_parent(server_pid: int | None):  # noqa: ANN201 - subprocess.Popen | None
-    """A :mod:`~fredflow.runners.prefect.watchdog` process: if this process dies without cleaning up
-    (``kill -9``), it stops every process this one started (the temporary server, Dask workers)."""
-    import subprocess
-    import sys
-
-    if server_pid is None:
-        return None
+    if server is None:
+        server = EphemeralServer().launch()
     try:
-        return subprocess.Popen([sys.executable, "-m", "fredflow.runners.prefect.watchdog", str(os.getpid())],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except OSError:
-        return None
+        server.wait_ready(startup_timeout())
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            try:
+                yield server.api_url
+            finally:  # a failed or interrupted run too: nothing left to ship to a server that is gone
+                _flush_prefect_services()
+    finally:
+        server.stop()
 
 
 def _flush_prefect_services() -> None:

@@ -34,13 +34,15 @@ from ...fetch import FetchContext, RunJob, fetch_batch
 from ...options import Mode, RunOptions
 from ...progress import Progress
 from ...ratelimit.budget import schedule_for
-from ...ratelimit.service import TokenService, reachable_host
+from ...ratelimit.service import reachable_host
 from ...run.batches import Batch
 from ...run.execute import RunSummary, finish_run, run_pipeline
 from ...run.plan import RunPlan, plan_run
 from ...settings import Settings
 from ...staging import BatchManifest
 from ...testing.failpoints import fail_once
+from .handback import HandedBack, fetch_handed_back, land, uses_handback
+from .reachability import token_service_for
 from .task_runners import runner_shape, task_runner_for
 
 log = logging.getLogger("fredflow")
@@ -48,6 +50,26 @@ log = logging.getLogger("fredflow")
 # Set by PrefectRunner.execute for a flow called in-process (the CLI's progress bar);
 # a flow started by a deployment reports through Prefect's run logger instead.
 progress_var: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("fredflow_progress", default=None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handoff:
+    """A run the CLI already planned, and is already fetching in-process (a
+    :class:`~fredflow.runners.prefect.headstart.HeadStart`) under the run lock, paced by the
+    TokenService at ``quota_url``: the flow takes the batches left from it and merges."""
+
+    plan: RunPlan
+    head: Any  # HeadStart (not imported here: this module is pickled by value for Dask)
+    quota_url: str
+    cluster: Any = None  # a Future of the address of the LocalCluster the runner started meanwhile (--runner dask)
+
+
+#: Set by PrefectRunner.execute around the in-process flow call (the CLI's path); None in deployment runs.
+handoff_var: contextvars.ContextVar[Handoff | None] = contextvars.ContextVar("fredflow_handoff", default=None)
+
+
+def _current_handoff() -> Handoff | None:
+    return handoff_var.get()  # a function: a ContextVar cannot be pickled (see _current_progress)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -98,7 +120,7 @@ def _log_retry(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry
 
 @task(name="fetch-batch", task_run_name="batch-{batch.index}", cache_policy=NO_CACHE,
       retries=BATCH_RETRIES, retry_delay_seconds=2, retry_jitter_factor=0.5, retry_condition_fn=_log_retry)
-async def fetch_batch_task(batch: Batch, job: RunJob, concurrency: int) -> BatchManifest | FatalBatch:
+async def fetch_batch_task(batch: Batch, job: RunJob, concurrency: int) -> BatchManifest | HandedBack | FatalBatch:
     """One batch on the worker's own event loop, with its own session; its requests are paced by
     send times leased from the run's TokenService (``job.quota_url``), so the rate holds run-wide."""
     logger = get_run_logger()
@@ -108,6 +130,8 @@ async def fetch_batch_task(batch: Batch, job: RunJob, concurrency: int) -> Batch
     fail_once("fetch-batch-task")
     ctx = FetchContext.for_task(job.settings, job.quota_url, concurrency=concurrency)
     try:
+        if job.handback:
+            return await fetch_handed_back(batch, job, ctx)
         return await fetch_batch(batch, job.staging(), ctx)
     except FatalRunError as exc:
         return FatalBatch(batch.index, exc)
@@ -150,28 +174,45 @@ class _RunLoggerProgress:
         pass
 
 
-def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quota_host: str) -> list[BatchManifest]:
+def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quota_host: str,
+             handback: bool = False, handoff: Handoff | None = None) -> list[BatchManifest]:
     """``fetch_batch_task.map(batches)`` on ``task_runner``; manifests in batch order.
 
     One :class:`~fredflow.ratelimit.service.TokenService` in this process paces every task
     (the run's rate holds across threads, processes and machines); the run's
-    concurrency is split over the ``slots`` tasks that run at once.
+    concurrency is split over the ``slots`` tasks that run at once. With ``handoff``, the
+    TokenService is the head start's, and the batches are the ones it had not taken when the
+    task runner was ready (a Dask cluster starts while the head start sends).
     """
     settings = plan.settings
     concurrency = max(1, math.ceil(settings.concurrency / slots))
     flow_context = FlowRunContext.get()
     manifests: list[BatchManifest] = []
-    with TokenService(schedule=schedule_for(settings), host=quota_host) as quota, \
-            task_runner as active, flow_context.model_copy(update={"task_runner": active}):
-        job = dataclasses.replace(plan.job, quota_url=quota.url)
-        futures = fetch_batch_task.map(plan.batches(), job=unmapped(job), concurrency=unmapped(concurrency))
+    quota_service = contextlib.nullcontext(None) if handoff else \
+        token_service_for(settings.rate, settings.burst, quota_host, settings.quota_address,
+                          schedule=schedule_for(settings))
+    with quota_service as quota, task_runner as active, flow_context.model_copy(update={"task_runner": active}):
+        if handoff is not None:
+            if type(active).__name__ == "DaskTaskRunner":
+                active.client  # noqa: B018 - a DaskTaskRunner connects lazily: now, while the head start sends
+            batches = handoff.head.hand_over()  # raises the head start's fatal error
+            get_run_logger().info("%d batches fetched in the flow's process while Prefect started; %d left "
+                                  "for the task runner", len(handoff.head.manifests), len(batches))
+            quota_url = handoff.quota_url
+        else:
+            batches, quota_url = plan.batches(), quota.url
+        job = dataclasses.replace(plan.job, quota_url=quota_url, handback=handback)
+        futures = fetch_batch_task.map(batches, job=unmapped(job), concurrency=unmapped(concurrency)) if batches else []
         try:
             for future in as_completed(futures):
                 manifest = future.result()
                 if isinstance(manifest, FatalBatch):
                     raise manifest.error
+                manifest = land(plan.staging, manifest)  # handed-back bytes into the run folder, manifest last
                 manifests.append(manifest)
                 progress.batch_done(manifest)
+            if handoff is not None:
+                manifests.extend(handoff.head.join())  # its batches still in flight at the hand-over
         except BaseException:
             for future in futures:
                 with contextlib.suppress(Exception):
@@ -294,7 +335,9 @@ def _run(options: RunOptions, settings: dict[str, Any] | None, api_key: SecretSt
 
     run_settings = _settings(settings, api_key, api_key_secret)
     shape = runner_shape(options)
-    task_runner = task_runner_for(shape)
+    handoff = _current_handoff()
+    # the CLI's LocalCluster is still starting (in its own process): its task runner is made once it is up
+    task_runner = task_runner_for(shape) if handoff is None or handoff.cluster is None else None
     seen: dict[str, Any] = {"plan": None, "manifests": []}
 
     def make_plan() -> RunPlan:
@@ -303,7 +346,8 @@ def _run(options: RunOptions, settings: dict[str, Any] | None, api_key: SecretSt
 
     def fan_out(plan: RunPlan, progress: Progress) -> list[BatchManifest]:
         seen["manifests"] = _fan_out(plan, progress, task_runner=task_runner, slots=shape.slots,
-                                     quota_host=reachable_host(shape.dask_address))
+                                     quota_host=reachable_host(shape.dask_address),
+                                     handback=uses_handback(options.handback, shape.dask_address, plan.staging_root))
         return seen["manifests"]
 
     # Task tags (runner:…, mode:…) for deployment runs only: a tagged task looks up tag concurrency limits
@@ -313,8 +357,19 @@ def _run(options: RunOptions, settings: dict[str, Any] | None, api_key: SecretSt
     run_tags = (f"runner:{shape.name}", f"mode:{options.mode}") if deployed else ()
     try:
         with tags(*run_tags):
-            summary = run_pipeline(DuckDBDestination(options.db).lock(), make_plan, fan_out,
-                                   _current_progress(), merge=merge_task)
+            if handoff is None:
+                summary = run_pipeline(DuckDBDestination(options.db).lock(), make_plan, fan_out,
+                                       _current_progress(), merge=merge_task)
+            else:
+                # planned (and fetching) by the CLI's runner, which holds the run lock and the progress display
+                seen["plan"] = handoff.plan
+                if task_runner is None:  # wait for the cluster; the head start sends meanwhile
+                    task_runner = task_runner_for(dataclasses.replace(shape, dask_address=handoff.cluster.result()))
+                seen["manifests"] = _fan_out(handoff.plan, _current_progress(), task_runner=task_runner,
+                                             slots=shape.slots, quota_host="", handoff=handoff,
+                                             handback=uses_handback(options.handback, shape.dask_address,
+                                                                    handoff.plan.staging_root))
+                summary = merge_task(handoff.plan, seen["manifests"])
     except BaseException as exc:
         with contextlib.suppress(Exception):
             report.publish_failure(options, seen["plan"], exc)

@@ -1,27 +1,48 @@
 """``--runner thread|dask``: the ``fredflow-ingest`` flow run in this process, reporting to a Prefect API
-every task can reach (:mod:`~fredflow.runners.prefect.api_server`)."""
+every task can reach (:mod:`~fredflow.runners.prefect.api_server`).
+
+The fixed cost of a run is kept small by doing the slow parts at once: the temporary Prefect server is
+launched before Prefect is imported here (:func:`~fredflow.runners.make_runner`), the run is planned
+while it boots, and its first batches are fetched in this process (:mod:`~fredflow.runners.prefect.headstart`)
+until the flow's task runner (Prefect's thread pool, or a Dask cluster, started meanwhile) takes the rest.
+One :class:`~fredflow.ratelimit.service.TokenService` paces both, so the run's rate holds throughout.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+from typing import Iterator
+
+from ...destinations.duckdb import DuckDBDestination
 from ...options import RunOptions
 from ...progress import Progress
+from ...ratelimit.budget import schedule_for
 from ...redact import install_log_redaction
-from ...run.execute import RunSummary
+from ...run.execute import RunSummary, run_pipeline
+from ...run.plan import RunPlan, plan_run
 from ...settings import Settings
-from .api_server import point_cluster_at_api, prefect_api
-from .flows import ingest_flow, progress_var
+from ...staging import BatchManifest
+from .ephemeral import EphemeralServer
+from .headstart import HeadStart
+from .cluster import ClusterProcess
+from .reachability import token_service_for
 from .task_runners import RunnerShape, TASK_OVERHEAD_SECONDS
+
+# Prefect itself (flows, api_server) is imported by _flow, once the head start is sending: ~3 s of imports
 
 
 class PrefectRunner:
-    """The Prefect flow as a runner: ``execute`` calls ``ingest_flow`` in this process."""
+    """The Prefect flow as a runner: ``execute`` plans, starts sending, and calls ``ingest_flow`` in this process."""
 
     def __init__(self, name: str, *, workers: int | None = None, threads_per_worker: int | None = None,
-                 thread_slots: int | None = None, dask_address: str | None = None) -> None:
+                 thread_slots: int | None = None, dask_address: str | None = None,
+                 server: EphemeralServer | None = None) -> None:
         given = {k: v for k, v in dict(workers=workers, threads_per_worker=threads_per_worker,
                                        thread_slots=thread_slots, dask_address=dask_address).items() if v is not None}
         self.shape = RunnerShape(name, **given)
         self.name = name
+        self._server = server  # launched early by make_runner; stopped by the run that uses it
 
     @property
     def slots(self) -> int:
@@ -32,13 +53,90 @@ class PrefectRunner:
         return TASK_OVERHEAD_SECONDS[self.name]
 
     def execute(self, options: RunOptions, settings: Settings, progress: Progress) -> RunSummary:
+        server, self._server = self._server, None
+        if self.shape.dask_address:
+            return self._on_existing_cluster(options, settings, progress, server)
+        flow_result: dict = {}
+
+        def fan_out(plan: RunPlan, progress: Progress) -> list[BatchManifest]:
+            flow_result.update(self._flow(plan, progress, options, settings, server))
+            return []
+
+        try:
+            # planned here while the server boots; the flow fans out the batches and merges (one transaction)
+            return run_pipeline(DuckDBDestination(options.db).lock(),
+                                lambda: plan_run(options, settings, slots=self.slots, task_overhead=self.task_overhead),
+                                fan_out, progress, merge=lambda plan, manifests: RunSummary(**flow_result))
+        finally:
+            if server is not None:
+                server.stop()  # planning failed before the flow: the server goes too (a no-op otherwise)
+
+    def _on_existing_cluster(self, options: RunOptions, settings: Settings, progress: Progress,
+                             server: EphemeralServer | None) -> RunSummary:
+        """``--dask-address``: the preflight first (versions, reachability: before any FRED request), then the
+        flow plans, fans out and merges. No head start: the cluster is up already, and batches fetched in this
+        process would bypass the hand-back or object staging the workers use."""
+        from .api_server import point_cluster_at_api, prefect_api
+        from .flows import ingest_flow, progress_var
+
         token = progress_var.set(progress)
         install_log_redaction()  # Prefect's console and API log handlers, now that Prefect has set them up
         try:
-            with prefect_api() as api_url:
-                if self.shape.dask_address:
-                    point_cluster_at_api(self.shape.dask_address, api_url)
+            with prefect_api(server) as api_url:
+                _preflight(self.shape.dask_address, api_url, options, settings)
+                point_cluster_at_api(self.shape.dask_address, api_url)
                 result = ingest_flow(options=options, settings=settings.public_dict(), api_key=settings.api_key)
         finally:
             progress_var.reset(token)
+            if server is not None:
+                server.stop()  # a no-op once prefect_api has stopped it
         return RunSummary(**result)
+
+    def _flow(self, plan: RunPlan, progress: Progress, options: RunOptions, settings: Settings,
+              server: EphemeralServer | None) -> dict:
+        with token_service_for(settings.rate, settings.burst, "127.0.0.1", settings.quota_address,
+                               schedule=schedule_for(settings)) as quota, \
+                _local_cluster(self.shape) as cluster:
+            head = HeadStart(plan, progress, quota.url).start()
+            token = None
+            try:
+                from .api_server import prefect_api
+                from .flows import Handoff, handoff_var, ingest_flow, progress_var
+
+                install_log_redaction()  # Prefect's console and API log handlers, now that Prefect has set them up
+                token = (handoff_var.set(Handoff(plan=plan, head=head, quota_url=quota.url, cluster=cluster)),
+                         progress_var.set(progress))
+                with prefect_api(server):
+                    return ingest_flow(options=options, settings=settings.public_dict(), api_key=settings.api_key)
+            except BaseException:
+                head.abort()
+                raise
+            finally:
+                if token is not None:
+                    handoff_var.reset(token[0])
+                    progress_var.reset(token[1])
+
+
+def _preflight(dask_address: str, api_url: str, options: RunOptions, settings: Settings) -> None:
+    """Versions and reachability of an existing cluster, before planning (see :mod:`.preflight`)."""
+    from ...settings import staging_root_for
+    from .handback import uses_handback
+    from .preflight import check_run
+
+    root = staging_root_for(options.db, options.staging_dir)
+    check_run(dask_address, api_url=api_url, settings=settings, staging_root=root,
+              handback=uses_handback(options.handback, dask_address, root))
+
+
+@contextlib.contextmanager
+def _local_cluster(shape: RunnerShape) -> Iterator[concurrent.futures.Future | None]:
+    """``--runner dask`` without ``--dask-address``: a future of the address of its LocalCluster, a process
+    started now (:mod:`~fredflow.runners.prefect.cluster`), stopped after the run, workers included."""
+    if shape.name != "dask" or shape.dask_address:
+        yield None
+        return
+    cluster = ClusterProcess(shape.workers, shape.threads_per_worker)
+    try:
+        yield cluster.address
+    finally:
+        cluster.stop()

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect.task_runners import ThreadPoolTaskRunner
-
 from ...errors import UsageError
 from ...options import RunOptions
 
@@ -44,6 +42,8 @@ def runner_shape(options: RunOptions) -> RunnerShape:
 
 def task_runner_for(shape: RunnerShape):  # noqa: ANN201 - a Prefect TaskRunner
     if shape.name == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
         return ThreadPoolTaskRunner(max_workers=shape.slots)
     if shape.name == "dask":
         from prefect_dask import DaskTaskRunner
