@@ -164,6 +164,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, batch_size: bool = True
     parser.add_argument("--handback", action=argparse.BooleanOptionalAction, default=None,
                         help="dask: batches hand staged bytes back to the flow (default: with --dask-address and a "
                              "local --staging-dir; --no-handback for a folder every worker shares)")
+    parser.add_argument("--head-start", action=argparse.BooleanOptionalAction, default=None,
+                        help="thread/dask: fetch the first batches here while Prefect and the local cluster start "
+                             "(default); --no-head-start: every batch is a Prefect task run")
     parser.add_argument("--quota-address", metavar="HOST:PORT",
                         help="dask: address workers reach the run's token service at (NAT, tunnels; [v6]:PORT)")
     if batch_size:
@@ -275,7 +278,7 @@ def _runner_options(args: argparse.Namespace) -> dict:
     """The runner flags given (RunOptions checks that they fit the runner)."""
     options = {"workers": args.workers, "threads_per_worker": args.threads_per_worker,
                "thread_slots": args.thread_slots, "dask_address": args.dask_address,
-               "handback": getattr(args, "handback", None)}
+               "handback": getattr(args, "handback", None), "head_start": getattr(args, "head_start", None)}
     return {k: v for k, v in options.items() if v is not None}
 
 

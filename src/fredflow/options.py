@@ -154,6 +154,10 @@ class RunOptions(BaseModel):
     handback: bool | None = None
     """Dask: batches hand their staged bytes back to the flow, which stages them (default: with
     ``dask_address`` and a local staging path; off for object storage or a shared folder)."""
+    head_start: bool = True
+    """Thread/dask from the CLI or ``ingest()``: fetch the first batches in this process while the temporary
+    Prefect server and the Dask LocalCluster start, then hand the rest to the task runner (off: every batch
+    is a Prefect task run; an existing cluster, ``dask_address``, never uses it)."""
     resume: str | None = None
     """The id of an unfinished run to finish instead of planning a new one."""
     force: bool = False
@@ -190,6 +194,8 @@ class RunOptions(BaseModel):
             raise UsageError("--realtime-start/--realtime-end need --vintages")
         if self.handback is not None and self.runner != RunnerName.DASK:
             raise UsageError(f"--handback/--no-handback do not apply to --runner {self.runner}")
+        if not self.head_start and self.runner == RunnerName.ASYNCIO:
+            raise UsageError("--no-head-start applies to --runner thread or dask")
         if self.resume is None and self.catalog is None:
             raise UsageError("give exactly one of --series, --series-file, --release or --category")
         wrong = [name for name, runners in RUNNER_FIELDS.items()

@@ -54,8 +54,8 @@ class PrefectRunner:
 
     def execute(self, options: RunOptions, settings: Settings, progress: Progress) -> RunSummary:
         server, self._server = self._server, None
-        if self.shape.dask_address:
-            return self._on_existing_cluster(options, settings, progress, server)
+        if self.shape.dask_address or not options.head_start:
+            return self._plain(options, settings, progress, server)
         flow_result: dict = {}
 
         def fan_out(plan: RunPlan, progress: Progress) -> list[BatchManifest]:
@@ -71,11 +71,11 @@ class PrefectRunner:
             if server is not None:
                 server.stop()  # planning failed before the flow: the server goes too (a no-op otherwise)
 
-    def _on_existing_cluster(self, options: RunOptions, settings: Settings, progress: Progress,
-                             server: EphemeralServer | None) -> RunSummary:
-        """``--dask-address``: the preflight first (versions, reachability: before any FRED request), then the
-        flow plans, fans out and merges. No head start: the cluster is up already, and batches fetched in this
-        process would bypass the hand-back or object staging the workers use."""
+    def _plain(self, options: RunOptions, settings: Settings, progress: Progress,
+              server: EphemeralServer | None) -> RunSummary:
+        """The flow plans, fans out and merges; every batch is a task run. ``--dask-address`` always takes this
+        path, the preflight first (versions, reachability: before any FRED request): the cluster is up
+        already, and batches fetched in this process would bypass the staging the workers use."""
         from .api_server import point_cluster_at_api, prefect_api
         from .flows import ingest_flow, progress_var
 
@@ -83,8 +83,9 @@ class PrefectRunner:
         install_log_redaction()  # Prefect's console and API log handlers, now that Prefect has set them up
         try:
             with prefect_api(server) as api_url:
-                _preflight(self.shape.dask_address, api_url, options, settings)
-                point_cluster_at_api(self.shape.dask_address, api_url)
+                if self.shape.dask_address:
+                    _preflight(self.shape.dask_address, api_url, options, settings)
+                    point_cluster_at_api(self.shape.dask_address, api_url)
                 result = ingest_flow(options=options, settings=settings.public_dict(), api_key=settings.api_key)
         finally:
             progress_var.reset(token)
