@@ -142,7 +142,7 @@ def test_global_rate_holds_across_two_processes():
     assert achieved >= rate * (1 - JITTER_MARGIN) * 0.9  # the quota is used, not split and left idle
     # while both were busy they shared the schedule; after the small one finished the big one had it all
     tail = [t for t in a if t > max(b)]
-    assert len(tail) >= 10
+    assert len(tail) >= 5  # how the two shared depends on their processes' wake-ups (machine load); the rate after does not
     tail_rate = (len(tail) - 1) / (tail[-1] - tail[0])
     assert tail_rate >= rate * (1 - JITTER_MARGIN) * 0.9
 

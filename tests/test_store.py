@@ -73,6 +73,9 @@ def test_merge_writes_every_row_and_the_run(tmp_path):
     assert con.execute("SELECT run_id, series_id, http_status, attempts FROM ingest_failures").fetchall() == [("r1", "C", 400, 1)]
     run = con.execute("SELECT status, n_rows, n_failed, parameters->>'$.settings.rate' FROM ingest_runs").fetchone()
     assert run == ("partial", 5, 1, "2")
+    # the merge's views of the staged files were temporary: the file holds fredflow's tables only
+    assert con.execute("SELECT table_name FROM information_schema.tables WHERE table_type <> 'BASE TABLE'"
+                       ).fetchall() == []
     con.close()
 
 

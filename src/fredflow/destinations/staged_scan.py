@@ -26,7 +26,9 @@ def staged(con: duckdb.DuckDBPyConnection, name: str, files: list[str],
     if not files:
         return None
     if is_local(filesystem):
-        con.read_parquet(files).create_view(name, replace=True)
+        # TEMP: a relation's create_view() is stored in the database file, and would outlive the staged files
+        paths = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM read_parquet([{paths}])')
     else:
         con.register(name, ds.dataset(files, filesystem=filesystem, format="parquet"))
     return name
