@@ -210,7 +210,10 @@ def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quot
                 manifests.append(manifest)
                 progress.batch_done(manifest)
             if handoff is not None:
-                manifests.extend(handoff.head.join())  # its batches still in flight at the hand-over
+                head_manifests = handoff.head.join()  # every batch of the head start (in flight at the hand-over too)
+                manifests.extend(head_manifests)
+                get_run_logger().info("%d batches taken by the head start in the flow's process, %d by task runs",
+                                      len(head_manifests), len(futures))
         except BaseException:
             for future in futures:
                 with contextlib.suppress(Exception):
