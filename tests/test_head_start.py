@@ -126,6 +126,41 @@ def test_head_start_fetches_then_hands_over_exactly_the_plans_batches(tmp_path, 
         plan.staging.remove()
 
 
+class SlowProgress(ThreadProgress):
+    """batch_done takes 0.5 s, and says when the head start's thread is inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.inside = 0
+
+    def batch_done(self, manifest) -> None:  # noqa: ANN001
+        self.inside += 1
+        self.entered.set()
+        time.sleep(0.5)
+        super().batch_done(manifest)
+        self.inside -= 1
+
+
+def test_after_hand_over_only_the_flows_thread_reports_progress(tmp_path, hs_sim, settings_for):
+    """hand_over returns once the head start's thread is out of the progress display: from then on the flow's
+    thread reports every batch (the display is not reported to from two threads at once)."""
+    settings = settings_for(hs_sim, rate=20, burst=1, concurrency=2)
+    plan = _plan(tmp_path, hs_sim, settings)
+    progress = SlowProgress()
+    try:
+        with TokenService(settings.rate, settings.burst) as quota:
+            head = HeadStart(plan, progress, quota.url).start()
+            assert progress.entered.wait(30), "no batch reported"
+            left = head.hand_over()  # the head start's thread is inside batch_done now
+            assert progress.inside == 0, "the head start still reports progress after hand_over returned"
+            manifests = head.join()
+        assert sorted([m.batch_index for m in manifests] + [b.index for b in left]) == list(range(12))
+        assert sorted(i for i, _ in progress.batches) == sorted(m.batch_index for m in manifests)
+    finally:
+        plan.staging.remove()
+
+
 def test_head_start_fatal_error_is_raised_by_hand_over_and_join(tmp_path, hs_sim, settings_for):
     settings = settings_for(hs_sim, api_key=UNREGISTERED_KEY, rate=50, burst=1, concurrency=2)
     planned = _plan(tmp_path, hs_sim, settings_for(hs_sim))  # the plan's own requests with a good key
@@ -298,3 +333,37 @@ def test_sigint_during_head_start_exits_130_commits_nothing_and_resume_finishes(
     assert done.returncode == 0, done.stderr
     assert hs_sim.stats()["requests"] == 2 * len(unstaged)  # only the batches without a manifest
     assert_db_matches(db, hs_sim.catalog, ids)
+
+
+# --------------------------------------------------------------------------- a cluster process that never gets ready
+
+
+@pytest.mark.timeout(180)  # without the bound the run waits forever: fail instead
+def test_a_wedged_cluster_process_fails_the_run_in_bounded_time(tmp_path, hs_sim, settings_for, monkeypatch):
+    """The LocalCluster process hangs before printing its address (e.g. a worker that never answers its
+    warm-up: Client.run has no timeout): the run fails with one line after FREDFLOW_CLUSTER_START_TIMEOUT,
+    the head start is stopped, the process is gone, nothing is committed (it used to wait forever)."""
+    from fredflow.errors import FredflowError
+    from fredflow.runners.prefect import runner as runner_module
+    from fredflow.runners.prefect.cluster import ClusterProcess
+
+    started: list[subprocess.Popen] = []
+
+    class WedgedCluster(ClusterProcess):
+        def __init__(self, workers: int, threads_per_worker: int) -> None:
+            self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+            started.append(self.process)
+            self.address = runner_module.concurrent.futures.Future()
+            threading.Thread(target=self._read, daemon=True).start()
+
+    monkeypatch.setattr(runner_module, "ClusterProcess", WedgedCluster)
+    monkeypatch.setenv("FREDFLOW_CLUSTER_START_TIMEOUT", "3")
+    db = tmp_path / "w.duckdb"
+    with pytest.raises(FredflowError, match="LocalCluster was not ready after 3 s"):
+        ingest(db, CatalogSpec(series=tuple(hs_sim.catalog.series_ids[:6])), runner="dask", workers=1,
+               threads_per_worker=1, batch_size=2, settings=settings_for(hs_sim, rate=50, burst=1, concurrency=2))
+    (process,) = started
+    assert process.poll() is not None  # stopped by the run
+    assert not _head_threads()
+    _db_unchanged(db)
