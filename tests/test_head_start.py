@@ -13,6 +13,7 @@ process until the flow's task runner is up, then handed over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -76,6 +77,17 @@ def _wait(predicate, what: str, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def _started(tmp_path, sim, settings, progress, plan=None):
+    """A HeadStart of a real plan (24 series, 12 batches) paced by a real TokenService; its staging removed after."""
+    plan = plan or _plan(tmp_path, sim, settings)
+    try:
+        with TokenService(settings.rate, settings.burst) as quota:
+            yield plan, HeadStart(plan, progress, quota.url).start()
+    finally:
+        plan.staging.remove()
+
+
 def _head_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "fredflow-head-start"]
 
@@ -85,15 +97,12 @@ def _head_threads() -> list[threading.Thread]:
 
 def test_head_start_fetches_then_hands_over_exactly_the_plans_batches(tmp_path, hs_sim, settings_for):
     settings = settings_for(hs_sim, rate=8, burst=1, concurrency=2)
-    plan = _plan(tmp_path, hs_sim, settings)
     progress = ThreadProgress()
-    try:
-        with TokenService(settings.rate, settings.burst) as quota:
-            head = HeadStart(plan, progress, quota.url).start()
-            _wait(lambda: len(head.manifests) >= 2, "two batches fetched by the head start")
-            left = head.hand_over()
-            assert head.hand_over() == []  # the iterator is spent: a second call hands nothing twice
-            manifests = head.join()
+    with _started(tmp_path, hs_sim, settings, progress) as (plan, head):
+        _wait(lambda: len(head.manifests) >= 2, "two batches fetched by the head start")
+        left = head.hand_over()
+        assert head.hand_over() == []  # the iterator is spent: a second call hands nothing twice
+        manifests = head.join()
         assert not _head_threads()
         planned = list(plan.batches())
         fetched = sorted(m.batch_index for m in manifests)
@@ -122,8 +131,6 @@ def test_head_start_fetches_then_hands_over_exactly_the_plans_batches(tmp_path, 
             assert table.column("value").to_pylist() == truth.column("value").to_pylist(), sid
         # the requests are exactly metadata + observations of each fetched series
         assert sum(m.requests for m in manifests) == 2 * sum(len(m.succeeded) for m in manifests)
-    finally:
-        plan.staging.remove()
 
 
 class SlowProgress(ThreadProgress):
@@ -146,58 +153,42 @@ def test_after_hand_over_only_the_flows_thread_reports_progress(tmp_path, hs_sim
     """hand_over returns once the head start's thread is out of the progress display: from then on the flow's
     thread reports every batch (the display is not reported to from two threads at once)."""
     settings = settings_for(hs_sim, rate=20, burst=1, concurrency=2)
-    plan = _plan(tmp_path, hs_sim, settings)
     progress = SlowProgress()
-    try:
-        with TokenService(settings.rate, settings.burst) as quota:
-            head = HeadStart(plan, progress, quota.url).start()
-            assert progress.entered.wait(30), "no batch reported"
-            left = head.hand_over()  # the head start's thread is inside batch_done now
-            assert progress.inside == 0, "the head start still reports progress after hand_over returned"
-            manifests = head.join()
+    with _started(tmp_path, hs_sim, settings, progress) as (plan, head):
+        assert progress.entered.wait(30), "no batch reported"
+        left = head.hand_over()  # the head start's thread is inside batch_done now
+        assert progress.inside == 0, "the head start still reports progress after hand_over returned"
+        manifests = head.join()
         assert sorted([m.batch_index for m in manifests] + [b.index for b in left]) == list(range(12))
         assert sorted(i for i, _ in progress.batches) == sorted(m.batch_index for m in manifests)
-    finally:
-        plan.staging.remove()
 
 
 def test_head_start_fatal_error_is_raised_by_hand_over_and_join(tmp_path, hs_sim, settings_for):
     settings = settings_for(hs_sim, api_key=UNREGISTERED_KEY, rate=50, burst=1, concurrency=2)
     planned = _plan(tmp_path, hs_sim, settings_for(hs_sim))  # the plan's own requests with a good key
     plan = dataclasses.replace(planned, settings=settings)  # the key is refused once the head start sends
-    try:
-        with TokenService(settings.rate, settings.burst) as quota:
-            head = HeadStart(plan, ThreadProgress(), quota.url).start()
-            _wait(lambda: head.error is not None, "the head start's fatal error")
-            with pytest.raises(FatalRunError):
-                head.hand_over()
-            with pytest.raises(FatalRunError):
-                head.join()
+    with _started(tmp_path, hs_sim, settings, ThreadProgress(), plan) as (_, head):
+        _wait(lambda: head.error is not None, "the head start's fatal error")
+        with pytest.raises(FatalRunError):
+            head.hand_over()
+        with pytest.raises(FatalRunError):
+            head.join()
         assert not _head_threads()
         assert head.manifests == []
         assert UNREGISTERED_KEY not in str(head.error)
-    finally:
-        plan.staging.remove()
 
 
 def test_head_start_abort_cancels_in_flight_batches_and_leaves_no_thread(tmp_path, hs_sim, settings_for):
     settings = settings_for(hs_sim, rate=4, burst=1, concurrency=2)
-    plan = _plan(tmp_path, hs_sim, settings)
-    try:
-        with TokenService(settings.rate, settings.burst) as quota:
-            hs_sim.reset_stats()
-            head = HeadStart(plan, ThreadProgress(), quota.url).start()
-            _wait(lambda: hs_sim.stats()["requests"] >= 1, "the head start's first request")
-            aborted = time.monotonic()
-            head.abort()
-            assert time.monotonic() - aborted < 10  # cancelled, not fetched to the end of the plan (~12 s)
+    hs_sim.reset_stats()
+    with _started(tmp_path, hs_sim, settings, ThreadProgress()) as (_, head):
+        _wait(lambda: hs_sim.stats()["requests"] >= 1, "the head start's first request")
+        head.abort()
         assert not _head_threads()
         sent = hs_sim.stats()["requests"]
         time.sleep(0.5)
         assert hs_sim.stats()["requests"] == sent  # nothing sends after abort
-        assert sent < 2 * 24
-    finally:
-        plan.staging.remove()
+        assert sent < 2 * 24  # cancelled, not fetched to the end of the plan
 
 
 # --------------------------------------------------------------------------- through ingest()
