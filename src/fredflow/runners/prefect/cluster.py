@@ -26,8 +26,16 @@ def main() -> None:
     workers, threads = int(sys.argv[1]), int(sys.argv[2])
     parent = os.getppid()
     stop = threading.Event()
+    ready = False
+
+    def on_sigterm(*_: object) -> None:
+        if not ready:  # still starting (Client.run has no timeout): the wait below would never see the event
+            _stop_descendants()
+            os._exit(0)
+        stop.set()
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, on_sigterm)
     os.nice(SERVER_NICE)  # like the Prefect server: its boot yields the CPU to the run's own start
     from distributed import Client, LocalCluster
 
@@ -35,6 +43,7 @@ def main() -> None:
     try:
         with Client(cluster, timeout=60) as client:
             client.run(_warm_worker)
+        ready = True
         print(cluster.scheduler_address, flush=True)
         while not stop.wait(0.2) and os.getppid() == parent:
             pass
@@ -60,6 +69,11 @@ def _stop_descendants() -> None:
 def _warm_worker() -> None:
     import fredflow.fetch  # noqa: F401
     import fredflow.runners.prefect.flows  # noqa: F401 - Prefect itself: what a worker's first task needs
+
+
+def start_timeout() -> float:
+    """How long a run waits for its LocalCluster process to print the scheduler's address (seconds)."""
+    return float(os.environ.get("FREDFLOW_CLUSTER_START_TIMEOUT") or 180)
 
 
 class ClusterProcess:

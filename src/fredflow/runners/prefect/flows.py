@@ -29,7 +29,7 @@ from prefect.futures import as_completed
 from pydantic import SecretStr
 
 from ...destinations.duckdb import DuckDBDestination
-from ...errors import FatalRunError, UsageError
+from ...errors import FatalRunError, FredflowError, UsageError
 from ...fetch import FetchContext, RunJob, fetch_batch
 from ...options import Mode, RunOptions
 from ...progress import Progress
@@ -212,7 +212,10 @@ def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quot
                 manifests.append(manifest)
                 progress.batch_done(manifest)
             if handoff is not None:
-                manifests.extend(handoff.head.join())  # its batches still in flight at the hand-over
+                head_manifests = handoff.head.join()  # every batch of the head start (in flight at the hand-over too)
+                manifests.extend(head_manifests)
+                get_run_logger().info("%d batches taken by the head start in the flow's process, %d by task runs",
+                                      len(head_manifests), len(futures))
         except BaseException:
             for future in futures:
                 with contextlib.suppress(Exception):
@@ -325,6 +328,22 @@ def _backfill_name() -> str:
     return _flow_run_name("backfill")
 
 
+def _cluster_address(handoff: Handoff) -> str:
+    """The address of the LocalCluster the CLI's runner started, waited for at most
+    ``FREDFLOW_CLUSTER_START_TIMEOUT`` s: a wedged cluster process (a worker that never answers its warm-up)
+    fails the run with one line instead of hanging it."""
+    import concurrent.futures
+
+    from .cluster import start_timeout
+
+    timeout = start_timeout()
+    try:
+        return handoff.cluster.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise FredflowError(f"the Dask LocalCluster was not ready after {timeout:g} s "
+                            "(FREDFLOW_CLUSTER_START_TIMEOUT)") from None
+
+
 def _run(options: RunOptions, settings: dict[str, Any] | None, api_key: SecretStr | None,
          api_key_secret: str | None):  # noqa: ANN202 - a Prefect State
     """The flows' body: run the pipeline; report it as artifacts; end in Completed, ``Partial`` or Failed."""
@@ -364,7 +383,7 @@ def _run(options: RunOptions, settings: dict[str, Any] | None, api_key: SecretSt
                 # planned (and fetching) by the CLI's runner, which holds the run lock and the progress display
                 seen["plan"] = handoff.plan
                 if task_runner is None:  # wait for the cluster; the head start sends meanwhile
-                    task_runner = task_runner_for(dataclasses.replace(shape, dask_address=handoff.cluster.result()))
+                    task_runner = task_runner_for(dataclasses.replace(shape, dask_address=_cluster_address(handoff)))
                 seen["manifests"] = _fan_out(handoff.plan, _current_progress(), task_runner=task_runner,
                                              slots=shape.slots, quota_host="", handoff=handoff,
                                              handback=uses_handback(options.handback, shape.dask_address,

@@ -123,13 +123,12 @@ class HeadStart:
                     pending.difference_update(done)
                     for task in done:
                         manifest = task.result()  # a fatal error: raised, the rest cancelled below
-                        with self._lock:
+                        with self._lock:  # reported under the lock: once hand_over returns, only the main thread reports
                             self.manifests.append(manifest)
                             if self._handed:  # the main thread reports progress now: join() passes it on
                                 self._late.append(manifest)
-                                manifest = None
-                        if manifest is not None:
-                            self.progress.batch_done(manifest)
+                            else:
+                                self.progress.batch_done(manifest)
         finally:
             for task in pending:
                 task.cancel()
