@@ -183,6 +183,10 @@ class SlotLimiter:
 
     async def acquire(self) -> None:
         while True:
+            if self._smoother is not None:
+                # before the slot is taken, never between it and its send time: a queue of waiters in the
+                # smoother would make every slot late, each dropped slot re-queued behind the others (a livelock)
+                await self._smoother.acquire()
             self._waiting += 1
             try:
                 async with self._lock:
@@ -194,8 +198,6 @@ class SlotLimiter:
             delay = send_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if self._smoother is not None:
-                await self._smoother.acquire()
             late = time.monotonic() - send_at
             if late <= self._tolerance:
                 _current_slot.set((slot, epoch))  # per asyncio task: the request about to be sent
