@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fredflow import CatalogSpec, UsageError
-from fredflow.ratelimit.local import AdaptiveLimiter
+from fredflow.ratelimit.service import ScheduleLimiter
 from fredflow.settings import Settings
 from fredflow.sim import DEMO_API_KEY, SimConfig
 from fredflow.sim.server import FredSimulator
@@ -22,7 +22,7 @@ def simulator():
 def _client(simulator) -> tuple[FredClient, HandlerTransport]:
     settings = Settings(api_url="http://sim.invalid/fred", api_key=DEMO_API_KEY, rate=10_000, burst=100)
     transport = HandlerTransport(simulator.answer)
-    return FredClient(transport, settings, AdaptiveLimiter(10_000, 100)), transport
+    return FredClient(transport, settings, ScheduleLimiter.at(10_000, 100)), transport
 
 
 def test_parse_ids_splits_comments_and_dedupes_in_order():

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from fredflow import CatalogSpec, Span
-from fredflow.ratelimit.local import AdaptiveLimiter
+from fredflow.ratelimit.service import ScheduleLimiter
 from fredflow.settings import Settings
 from fredflow.sim import DEMO_API_KEY, SimConfig
 from fredflow.sim.server import FredSimulator
@@ -22,7 +22,7 @@ from fredflow.state import SeriesState
 def _client(simulator) -> tuple[FredClient, HandlerTransport]:
     settings = Settings(api_url="http://sim.invalid/fred", api_key=DEMO_API_KEY, rate=10_000, burst=100)
     transport = HandlerTransport(simulator.answer)
-    return FredClient(transport, settings, AdaptiveLimiter(10_000, 100)), transport
+    return FredClient(transport, settings, ScheduleLimiter.at(10_000, 100)), transport
 
 
 def _state_now(simulator, ids) -> dict[str, SeriesState]:

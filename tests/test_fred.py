@@ -13,7 +13,7 @@ from fredflow.errors import (
     BadApiKey, BadRequest, CatalogNotFound, RateLimited, SeriesNotFound, TransientError,
 )
 from fredflow.sources.fred.client import FredClient, RequestStats, classify, new_session
-from fredflow.ratelimit.local import AdaptiveLimiter
+from fredflow.ratelimit.service import ScheduleLimiter
 from fredflow.sim.process import SimProcess
 from fredflow.sim.server import UNREGISTERED_KEY
 
@@ -46,7 +46,7 @@ def test_classify_real_error_bodies():
 async def _with_client(process, settings, body):
     stats = RequestStats()
     async with new_session(settings, settings.concurrency) as session:
-        client = FredClient(session, settings, AdaptiveLimiter(settings.rate, settings.burst), stats=stats)
+        client = FredClient(session, settings, ScheduleLimiter.at(settings.rate, settings.burst), stats=stats)
         return await body(client), stats
 
 

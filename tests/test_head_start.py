@@ -110,6 +110,10 @@ def test_head_start_fetches_then_hands_over_exactly_the_plans_batches(tmp_path, 
         assert fetched and handed, (fetched, handed)  # some fetched, some left: this is a hand-over
         assert not set(fetched) & set(handed)
         assert sorted(fetched + handed) == [b.index for b in planned]
+        # at the hand-over it kept two seconds of requests at the run's rate, at most twice its concurrency
+        # (8 req/s, concurrency 2: 4 series, two batches), fetched while the first task runs start
+        assert len(head.kept) == 2 and set(head.kept) <= set(fetched)
+        assert max(fetched) == max(head.kept) < min(handed)
         series = [sid for m in manifests for sid in m.succeeded] + [sid for b in left for sid in b.series_ids]
         assert sorted(series) == sorted(hs_sim.catalog.series_ids[:24])  # every series once
         # progress: each fetched batch reported once, from the head start's thread before the hand-over,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fredflow.ratelimit.local import AdaptiveLimiter
+from fredflow.ratelimit.service import ScheduleLimiter
 from fredflow.ratelimit.policy import (
     DECREASE,
     DECREASE_AGAIN,
@@ -90,7 +90,7 @@ def test_repeated_429s_cut_harder_and_settle_below_a_lower_real_limit():
 
 
 async def test_adaptive_limiter_keeps_any_second_within_rate_plus_burst():
-    limiter = AdaptiveLimiter(rate=40, burst=2)
+    limiter = ScheduleLimiter.at(rate=40, burst=2)
     times: list[float] = []
 
     async def worker():
@@ -328,13 +328,23 @@ def test_admitted_rate_counts_answers_by_slot_and_ignores_slots_given_up():
     assert service.admitted_rate(now) == pytest.approx(0.75 / interval, rel=0.1)
     service.lease(0, ok=ok[1::2], throttled=throttled[1::2], now=now)
     assert service.admitted_rate(now) == pytest.approx(0.75 / interval, rel=0.05)
-    # every other slot given up unsent: a gap in what was offered, not requests the server refused. The
-    # server admitted all we sent, at half our pace; each gap counts for at most two intervals (what a
-    # server's bucket can save up), so the measurement is the pace we offered, not less
+    # every other slot given up unsent (its task woke too late): a gap in what was offered, not requests
+    # the server refused. With 429s common (1 in 4 of the slots sent), the gaps count as time (each one
+    # interval, at most two: what a server's bucket can save up): the server admitted 3/8 of our pace
     given_up = Schedule(rate=10, burst=1)
     sent, now = _busy_schedule(given_up, 3.0)
-    given_up.lease(0, ok=[s for s in sent if s % 2], dropped=[s for s in sent if s % 2 == 0], now=now)
-    assert given_up.admitted_rate(now) == pytest.approx(0.5 / interval, rel=0.1)
+    odd = [s for s in sent if s % 2]
+    given_up.lease(0, ok=[s for s in odd if s % 4 != 1], throttled=[s for s in odd if s % 4 == 1],
+                   dropped=[s for s in sent if s % 2 == 0], now=now)
+    assert given_up.admitted_rate(now) == pytest.approx(0.25 / interval, rel=0.15)
+    # with no 429 but one, the server admitted all we sent: a single 429 is jitter, and the gaps were ours
+    # (a run starting up, tasks late), so the measurement is our pace, not the share of it we used
+    jitter = Schedule(rate=20, burst=1)  # 30 slots sent in the window: one 429 is under 5 % of them
+    sent, now = _busy_schedule(jitter, 3.0)
+    odd = [s for s in sent if s % 2]
+    jitter.lease(0, ok=odd[1:], throttled=odd[:1], dropped=[s for s in sent if s % 2 == 0], now=now)
+    pace = 20 * (1 - JITTER_MARGIN)
+    assert jitter.admitted_rate(now) == pytest.approx((len(odd) - 1) / len(odd) * pace, rel=0.05)
 
 
 def test_measured_cuts_are_bounded_and_the_probe_above_them_is_slow():
@@ -406,3 +416,66 @@ async def test_remote_limiter_reports_answers_by_slot_and_drops_its_slots_of_the
         stats = service.stats()
     assert stats["ok"] == 3 and stats["throttled"] == 1 and stats["dropped"] == held
     assert stats["episodes"] == 1
+
+
+def test_a_ramp_then_one_jitter_429_does_not_read_as_a_lower_limit():
+    """Tasks starting up ask for slots more slowly than the schedule's pace (15 of 20 per second, slots given
+    up by a late task among them), every one admitted; then one 429 (two sends bunched by jitter). The
+    server refused nothing else: the measurement is the pace we sent at, and the cut is the smallest one,
+    not down to the 15 req/s the ramp happened to use (what held a Dask run at 0.83 of 20 req/s)."""
+    service = Schedule(rate=20, burst=1)
+    interval = 1 / (20 * (1 - JITTER_MARGIN))
+    now, sent, dropped = 0.0, [], []
+    while now < 4.0:
+        first, delays = service.lease_slots(1, ok=sent[-1:] if sent else [], now=now)
+        (dropped if first % 10 == 9 else sent).append(first)  # one slot in ten given up by a late task
+        now += max(delays[0], 0) + 1 / 15  # demand: a request every 1/15 s, below the pace
+    service.lease(0, dropped=dropped, now=now)
+    assert service.admitted_rate(now) == pytest.approx(20 * (1 - JITTER_MARGIN), rel=0.02)
+    service.lease(1, throttled=[sent[-1]], now=now)
+    assert service.policy.episodes == 1
+    assert service.policy.rate == pytest.approx(20 * DECREASE_MEASURED)
+
+
+async def test_callers_in_the_token_services_process_lease_from_its_schedule_not_over_http():
+    """The head start and the thread runner's tasks run in the process hosting the run's token service: they
+    lease from its schedule directly (thread-safe), with no HTTP round trip; a RemoteLimiter (a Dask worker)
+    still goes over HTTP; a stopped service is no longer found."""
+    from fredflow.fetch import FetchContext
+    from fredflow.ratelimit.service import local_schedule
+    from fredflow.settings import Settings
+
+    settings = Settings(api_key="k" * 32, rate=50, burst=1, concurrency=8)
+    with TokenService(rate=50, burst=1) as service:
+        ctx = FetchContext.for_task(settings, service.url, concurrency=4)
+        assert isinstance(ctx.limiter, ScheduleLimiter) and ctx.limiter.schedule is service.schedule
+        times: list[float] = []
+
+        async def one() -> None:
+            for _ in range(5):
+                await ctx.limiter.acquire()
+                times.append(time.monotonic())
+                ctx.limiter.succeeded()
+
+        # four callers here and a thread leasing through HTTP at once: one schedule, one rate
+        remote_times: list[float] = []
+
+        def remote() -> None:
+            async def main() -> None:
+                limiter = RemoteLimiter(service.url, rate=50, burst=1)
+                for _ in range(10):
+                    await limiter.acquire()
+                    remote_times.append(time.monotonic())
+                await limiter.close()
+            asyncio.run(main())
+
+        await asyncio.gather(*(one() for _ in range(4)), asyncio.to_thread(remote))
+        await ctx.aclose()
+        assert service.schedule.granted >= 30
+        assert service.http_leases >= 1  # the remote limiter's
+        local_leases = service.schedule.leases - service.http_leases
+        assert local_leases >= 1
+        both = sorted(times + remote_times)
+        assert max_in_window(both, 1.0) <= 50 + 1
+        url = service.url
+    assert local_schedule(url) is None

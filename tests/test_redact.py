@@ -67,7 +67,7 @@ def test_retry_after_is_parsed_and_capped():
 
 
 async def test_huge_retry_after_waits_the_cap_and_counts_against_max_attempts():
-    from fredflow.ratelimit.local import AdaptiveLimiter
+    from fredflow.ratelimit.service import ScheduleLimiter
 
     waits: list[float] = []
 
@@ -77,7 +77,7 @@ async def test_huge_retry_after_waits_the_cap_and_counts_against_max_attempts():
     throttled = Response(429, b'{"error_code":429,"error_message":"Too Many Requests."}', {"Retry-After": "100000"})
     transport = HandlerTransport(lambda e, q: (200, b"{}"), faults=[throttled] * 10)
     settings = Settings(api_key=KEY, max_attempts=3, max_retry_after=2.0, max_throttled_attempts=30)
-    client = FredClient(transport, settings, AdaptiveLimiter(1000, 10), sleep=sleep)
+    client = FredClient(transport, settings, ScheduleLimiter.at(1000, 10), sleep=sleep)
     with pytest.raises(Exception) as failed:
         await client.series("GDP")
     assert failed.value.attempts == 3  # bounded by max_attempts, not max_throttled_attempts (30)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from fredflow.errors import BadApiKey, CatalogNotFound, SeriesNotFound, TransientError
-from fredflow.ratelimit.local import AdaptiveLimiter
+from fredflow.ratelimit.service import ScheduleLimiter
 from fredflow.settings import Settings
 from fredflow.sim import DEMO_API_KEY, UNREGISTERED_KEY, SimConfig
 from fredflow.sim.server import FredSimulator
@@ -31,7 +31,7 @@ def _client(simulator, *, faults=(), key=DEMO_API_KEY, **settings) -> tuple[Fred
     values.update(settings)
     config = Settings(**values)
     transport = HandlerTransport(simulator.answer, faults=faults)
-    return FredClient(transport, config, AdaptiveLimiter(config.rate, config.burst), stats=RequestStats()), transport
+    return FredClient(transport, config, ScheduleLimiter.at(config.rate, config.burst), stats=RequestStats()), transport
 
 
 async def test_observations_page_at_the_limit_and_equal_the_truth(simulator):

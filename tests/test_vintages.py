@@ -20,7 +20,7 @@ import pytest
 from conftest import SAMPLES
 from fredflow.errors import BadRequest
 from fredflow.sources.fred.client import FredClient, RequestStats, new_session, vintage_ranges
-from fredflow.ratelimit.local import AdaptiveLimiter
+from fredflow.ratelimit.service import ScheduleLimiter
 from fredflow.sources.fred.parse import VINTAGE_SCHEMA, parse_vintage_dates, parse_vintage_observations, stitch_vintages
 from fredflow.sim import DEMO_API_KEY, SimCatalog
 from fredflow.sim.catalog import REALTIME_END_MAX
@@ -90,7 +90,7 @@ async def fetch(base: str, endpoint: str, **params: Any) -> tuple[int, Any]:
 async def with_client(settings, body):
     stats = RequestStats()
     async with new_session(settings, settings.concurrency) as session:
-        client = FredClient(session, settings, AdaptiveLimiter(settings.rate, settings.burst), stats=stats)
+        client = FredClient(session, settings, ScheduleLimiter.at(settings.rate, settings.burst), stats=stats)
         return await body(client), stats
 
 

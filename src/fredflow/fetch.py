@@ -19,7 +19,7 @@ import aiohttp
 from .errors import FatalRunError, FredError
 from .ratelimit.budget import schedule_for
 from .ratelimit.local import Limiter
-from .ratelimit.service import RemoteLimiter, ScheduleLimiter
+from .ratelimit.service import RemoteLimiter, ScheduleLimiter, local_schedule
 from .run.batches import Batch
 from .settings import Settings
 from .sources.fred.client import FredClient, RequestStats, new_session
@@ -55,6 +55,7 @@ class FetchContext:
     limiter: Limiter
     semaphore: asyncio.Semaphore
     session: aiohttp.ClientSession | None = None
+    owns_schedule: bool = True  # closed with the context (the asyncio runner's), or the token service's
 
     @classmethod
     def local(cls, settings: Settings) -> "FetchContext":
@@ -67,17 +68,18 @@ class FetchContext:
 
     @classmethod
     def for_task(cls, settings: Settings, quota_url: str, *, concurrency: int) -> "FetchContext":
-        """Pacing for one task among many: send times leased from the run's TokenService."""
-        return cls(
-            settings=settings,
-            limiter=RemoteLimiter(quota_url, settings.rate, settings.burst),
-            semaphore=asyncio.Semaphore(concurrency),
-        )
+        """Pacing for one task among many: send times leased from the run's TokenService -- its schedule
+        itself when the service runs in this process (the head start, the thread runner), else over HTTP."""
+        schedule = local_schedule(quota_url)
+        limiter: Limiter = (RemoteLimiter(quota_url, settings.rate, settings.burst) if schedule is None
+                            else ScheduleLimiter(schedule, smoother=True))
+        return cls(settings=settings, limiter=limiter, semaphore=asyncio.Semaphore(concurrency),
+                   owns_schedule=False)
 
     async def aclose(self) -> None:
         if isinstance(self.limiter, RemoteLimiter):
             await self.limiter.close()
-        if isinstance(self.limiter, ScheduleLimiter):
+        if isinstance(self.limiter, ScheduleLimiter) and self.owns_schedule:
             self.limiter.schedule.close()
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .schedule import Schedule
-from .service import ScheduleLimiter
 
 
 class Limiter(Protocol):
@@ -23,10 +21,3 @@ class Limiter(Protocol):
     def throttled(self, retry_after: float | None = None) -> float: ...
 
     def succeeded(self) -> None: ...
-
-
-class AdaptiveLimiter(ScheduleLimiter):
-    """A schedule of its own at ``rate``/``burst``: at most ``burst + rate·t`` requests in any ``t`` seconds."""
-
-    def __init__(self, rate: float, burst: int = 1) -> None:
-        super().__init__(Schedule(rate, burst))

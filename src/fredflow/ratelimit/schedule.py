@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 import time
 from collections import deque
 from typing import Any, Iterable
@@ -48,12 +49,15 @@ JITTER_MARGIN = 0.01
 #: burst and the tasks' reporting lag; a shorter one follows a changing limit sooner …
 ESTIMATE_WINDOW_S = 3.0
 ESTIMATE_WINDOW_SLOTS = 30
-#: … but only once the run has this many seconds of slots and answers: until then a 429 cuts blindly.
+#: … but only once the run has sent this many seconds of slots and has answers: until then a 429 cuts blindly.
 ESTIMATE_MIN_SPAN_S = 1.0
 ESTIMATE_MIN_ANSWERS = 10
 #: A gap between slots counts for at most this many intervals: a server's bucket saves up no more
 #: than its burst while we pause or idle (2 is also how long the pause after a measured cut is).
 MEASURE_GAP_INTERVALS = 2
+#: Under this share of 429s among the window's answers, the server admitted nearly all we sent: gaps in our
+#: own sending are not counted as time (see :meth:`Schedule.admitted_rate`).
+ESTIMATE_REFUSED_SHARE = 0.05
 #: With permits from outside (a Prefect global concurrency limit) and none in hand, ask again this much later.
 PERMIT_POLL_S = 0.02
 
@@ -108,6 +112,7 @@ class Schedule:
         self.leases = 0
         self.last_measurement: float | None = None
         self.window = max(ESTIMATE_WINDOW_S, ESTIMATE_WINDOW_SLOTS / self.policy.target_rate)
+        self._answer_lock = threading.Lock()
 
     @property
     def epoch(self) -> int:
@@ -126,12 +131,27 @@ class Schedule:
     def admitted_rate(self, now: float) -> float | None:
         """Requests per second the server admitted over the last ``window`` seconds of slots, or None.
 
-        None when there is too little to go on (under ``ESTIMATE_MIN_SPAN_S`` of
-        slots, or fewer than ``ESTIMATE_MIN_ANSWERS`` answers reported).
+        Two ways to count the time, chosen by the share of answers that were 429s:
+
+        * **Refused often** (``ESTIMATE_REFUSED_SHARE`` or more): we were sending above the server's
+          limit, and what it admitted per second of the window *is* that limit. A gap between sends counts
+          as the time it lasted, up to ``MEASURE_GAP_INTERVALS`` intervals (a pause after a cut, slots given
+          up): a server's bucket saves up no more than its burst while we pause.
+        * **Refused rarely**: the server admitted nearly all we sent, and a 429 here is two sends bunched by
+          network or scheduling jitter, not a limit. Then every slot sent stands for its own interval and
+          a gap for none: the measurement is our pace times the share admitted. Gaps in our sending (tasks
+          starting up, slots given up by tasks that woke late) are ours, not the server's: counted, they
+          once read a Dask run's start-up ramp at 20 req/s as a limit of 15 req/s and held the rate there.
+
+        When we send faster than the limit the two agree. A server's bucket saves up a few tokens in our
+        gaps, so the measurement may err high, which the next 429 corrects within seconds, while a low one
+        would hold the rate down until the probe climbs back. None when there is too little to go on
+        (under ``ESTIMATE_MIN_SPAN_S`` of slots, or fewer than ``ESTIMATE_MIN_ANSWERS`` answers reported).
         """
         times, states, intervals = self._slot_times, self._slot_states, self._slot_intervals
         counts = [0, 0, 0, 0]
-        span = 0.0
+        spans = [0.0, 0.0, 0.0, 0.0]  # the intervals of the slots in each state
+        wall = 0.0
         later: tuple[float, float] | None = None  # (time, interval) of the next newer slot sent
         lo = now - self.window
         for i in range(len(times) - 1, -1, -1):  # newest first
@@ -141,21 +161,26 @@ class Schedule:
             if t < lo:
                 break
             counts[state] += 1
+            spans[state] += intervals[i]
             if state == _DROPPED:  # not sent: its time is a gap, like a pause
                 continue
             if later is not None:
-                # the time the newer slot stands for: the gap since this one, but no more than the
-                # server's bucket can save up in a gap (a pause, slots given up, idle tasks)
-                span += min(later[0] - t, MEASURE_GAP_INTERVALS * later[1])
+                # the time the newer slot stands for: the gap since this one, capped (see above)
+                wall += min(later[0] - t, MEASURE_GAP_INTERVALS * later[1])
             later = (t, intervals[i])
-        # The oldest slot sent stands for no time before it: the server's bucket may have been full then
-        # (a run's first seconds), so the measurement errs high, and a high one is corrected by the next
-        # 429 within seconds, while a low one would hold the rate down until the probe climbs back.
+        # The oldest slot sent stands for no time before it: the server's bucket may have been full then.
         pending, ok, throttled, dropped = counts
-        if span < ESTIMATE_MIN_SPAN_S or ok + throttled < ESTIMATE_MIN_ANSWERS:
+        answered = ok + throttled + dropped
+        if ok + throttled < ESTIMATE_MIN_ANSWERS:
+            return None
+        if throttled >= ESTIMATE_REFUSED_SHARE * (ok + throttled):
+            span = wall
+        else:  # pending slots: sent in the proportion of those answered
+            span = spans[_OK] + spans[_THROTTLED] + spans[_PENDING] * (ok + throttled) / answered
+        if span < ESTIMATE_MIN_SPAN_S:
             return None
         # slots not answered yet: admitted in the proportion of those that were (some will be given up)
-        admitted = ok + pending * ok / (ok + throttled + dropped)
+        admitted = ok + pending * ok / answered
         return admitted / span
 
     def lease(self, n: int, *, ok: int | Iterable[int] = 0, throttled: int | Iterable[int] = (),
@@ -240,7 +265,15 @@ class Schedule:
 
     def answer(self, n: int, *, ok: int | Iterable[int] = (), throttled: int | Iterable[int] = (),
                dropped: Iterable[int] = (), now: float | None = None) -> dict[str, Any]:
-        """One lease as plain data (what ``POST /lease`` answers): slots, their epoch, when to ask again."""
+        """One lease as plain data (what ``POST /lease`` answers): slots, their epoch, when to ask again.
+
+        Thread-safe: the run's token service answers its tasks over HTTP on its own thread, and callers in
+        its process (the head start, the thread runner's tasks) lease here directly."""
+        with self._answer_lock:
+            return self._answer(n, ok=ok, throttled=throttled, dropped=dropped, now=now)
+
+    def _answer(self, n: int, *, ok: int | Iterable[int], throttled: int | Iterable[int], dropped: Iterable[int],
+                now: float | None) -> dict[str, Any]:
         now = time.monotonic() if now is None else now
         permits = self.permits
         wanted = n

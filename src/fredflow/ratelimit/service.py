@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import math
 import socket
 import threading
 import time
@@ -32,6 +33,24 @@ from aiolimiter import AsyncLimiter
 
 from .policy import AimdPolicy
 from .schedule import Schedule
+
+
+#: The token services running in this process, by URL: a caller here leases from the schedule itself
+#: (:func:`local_schedule`), without an HTTP round trip.
+_IN_PROCESS: dict[str, "TokenService"] = {}
+_IN_PROCESS_LOCK = threading.Lock()
+
+
+def local_schedule(url: str) -> Schedule | None:
+    """The schedule behind the token service at ``url`` when it runs in this process, else None.
+
+    The head start and the thread runner's tasks run in the process that hosts the run's token service:
+    a lease over loopback HTTP there costs two hand-overs of the GIL to and from the service's thread,
+    which a process busy importing Prefect or starting a cluster turns into ~10 ms per lease, lost to
+    the schedule. Dask workers, in their own processes, lease over HTTP."""
+    with _IN_PROCESS_LOCK:
+        service = _IN_PROCESS.get(url.rstrip("/"))
+    return service.schedule if service is not None else None
 
 
 class TokenService:
@@ -51,6 +70,7 @@ class TokenService:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
+        self.http_leases = 0  # leases served over HTTP (callers in this process lease directly)
 
     @property
     def policy(self) -> AimdPolicy:
@@ -62,6 +82,7 @@ class TokenService:
     # -- HTTP ---------------------------------------------------------------------
 
     async def _handle_lease(self, request: web.Request) -> web.Response:
+        self.http_leases += 1
         body = orjson.loads(await request.read() or b"{}")
         lease = functools.partial(self.schedule.answer, int(body.get("n", 1)),
                                   ok=_slots_or_count(body.get("ok", [])),
@@ -105,6 +126,8 @@ class TokenService:
         ready.wait(30)
         if failure:
             raise failure[0]
+        with _IN_PROCESS_LOCK:
+            _IN_PROCESS[self.url] = self
         return self.url
 
     @property
@@ -113,6 +136,9 @@ class TokenService:
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def stop(self) -> None:
+        with _IN_PROCESS_LOCK:
+            if _IN_PROCESS.get(self.url) is self:
+                del _IN_PROCESS[self.url]
         if self._loop and self._thread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
@@ -134,6 +160,14 @@ def _slots_or_count(value: Any) -> int | list[int]:
 #: The slot (number, epoch) the current asyncio task is sending in (FredClient
 #: acquires, sends and reports the answer within one task).
 _current_slot: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("fredflow_slot", default=None)
+
+
+#: The local smoother (aiolimiter) admits this many seconds' worth of requests at once, at least 2, so a task
+#: leases slots ahead: with room for one only, each request leased alone, after the smoother's own 1/rate
+#: wait, and every lease's round trip was lost to the schedule for good -- at 20 req/s a head start in a
+#: busy CLI process sent 15-17 req/s (benchmarks/shared_key.py). Over time it still admits no more than the
+#: configured rate; the schedule's slots space the sends.
+SMOOTHER_WINDOW_S = 0.5
 
 
 class SlotLimiter:
@@ -164,7 +198,8 @@ class SlotLimiter:
         self._ok: list[int] = []
         self._throttled: list[int] = []
         self._dropped: list[int] = []
-        self._smoother = AsyncLimiter(max(1, burst), max(1, burst) / rate) if smoother else None
+        capacity = max(2, burst, math.ceil(rate * SMOOTHER_WINDOW_S))
+        self._smoother = AsyncLimiter(capacity, capacity / rate) if smoother else None
         self._tolerance = max(0.005, 0.25 / rate) if tolerance is None else tolerance
         self._last_slot: tuple[int, int] | None = None  # for a 429 reported outside the task that acquired
 
@@ -232,22 +267,27 @@ class SlotLimiter:
 
 
 class ScheduleLimiter(SlotLimiter):
-    """Leases from a :class:`~fredflow.ratelimit.schedule.Schedule` in this process (the asyncio runner).
+    """Leases from a :class:`~fredflow.ratelimit.schedule.Schedule` in this process: the asyncio runner's one
+    limiter, and, with the smoother, each head-start or thread-runner task's when the run's token service
+    runs in this process (:func:`local_schedule`).
 
     The schedule may be shared with other processes (a per-key budget): then the
     lease, which takes a file lock, runs off the event loop.
 
-    No smoother in front: this limiter is the schedule's only caller in the process, so the schedule
-    already spaces its sends (a smoother at the same rate would queue the requests a busy event loop
-    woke late, make them later still, and starve the run at 20 req/s). The event loop also parses, so a
-    slot may be used up to half an interval (at least 50 ms) late: at most one request bunched with the
-    next, which a server's burst absorbs; later, it is given up (a loop that far behind would otherwise
-    send a burst)."""
+    The asyncio runner's limiter has no smoother in front: it is its process's only caller, so the
+    schedule already spaces its sends. The event loop also parses, so a slot may be used up to half an
+    interval (at least 50 ms) late: at most one request bunched with the next, which a server's burst
+    absorbs; later, it is given up (a loop that far behind would otherwise send a burst)."""
 
-    def __init__(self, schedule: Schedule) -> None:
+    def __init__(self, schedule: Schedule, *, smoother: bool = False) -> None:
         rate = schedule.policy.target_rate
-        super().__init__(rate, schedule.policy.burst, smoother=False, tolerance=max(0.05, 0.5 / rate))
+        super().__init__(rate, schedule.policy.burst, smoother=smoother, tolerance=max(0.05, 0.5 / rate))
         self.schedule = schedule
+
+    @classmethod
+    def at(cls, rate: float, burst: int = 1) -> "ScheduleLimiter":
+        """A schedule of its own at ``rate``/``burst``: at most ``burst + rate·t`` requests in any ``t`` seconds."""
+        return cls(Schedule(rate, burst))
 
     @property
     def policy(self) -> AimdPolicy:

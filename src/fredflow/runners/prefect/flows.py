@@ -196,11 +196,12 @@ def _fan_out(plan: RunPlan, progress: Progress, *, task_runner, slots: int, quot
             if type(active).__name__ == "DaskTaskRunner":
                 active.client  # noqa: B018 - a DaskTaskRunner connects lazily: now, while the head start sends
             batches = handoff.head.hand_over()  # raises the head start's fatal error
-            get_run_logger().info("%d batches fetched in the flow's process while Prefect started; %d left "
-                                  "for the task runner", len(handoff.head.manifests), len(batches))
+            get_run_logger().info("%d batches fetched in the flow's process while Prefect started, %d more kept "
+                                  "there while the first task runs start; %d left for the task runner",
+                                  len(handoff.head.manifests), len(handoff.head.kept), len(batches))
             quota_url = handoff.quota_url
         else:
-            batches, quota_url = plan.batches(), quota.url
+            batches, quota_url = list(plan.batches()), quota.url
         job = dataclasses.replace(plan.job, quota_url=quota_url, handback=handback)
         futures = fetch_batch_task.map(batches, job=unmapped(job), concurrency=unmapped(concurrency)) if batches else []
         try:

@@ -4,8 +4,9 @@ A temporary Prefect server takes seconds to boot (and a Dask LocalCluster some m
 first request could go out as soon as it is planned. :class:`HeadStart` fetches batches from the plan
 on its own event loop, in a thread of this process, paced by the run's
 :class:`~fredflow.ratelimit.service.TokenService` (the same one the Prefect tasks lease from after, so
-the run's rate holds across the hand-over) until :meth:`HeadStart.hand_over` is called: it takes no new
-batch and returns the batches left for the Prefect task runner; the ones in flight finish meanwhile
+the run's rate holds across the hand-over) until :meth:`HeadStart.hand_over` is called: it returns the
+batches left for the Prefect task runner, but for about two seconds' worth it keeps, so the server sees
+no gap while the first task runs start; those and the ones in flight finish meanwhile
 (:meth:`HeadStart.join`). Its
 batches are staged exactly like a task's (a killed run resumes them), and their manifests join the
 tasks' in the one-transaction merge. A fatal error (key refused, staging unwritable) stops it and is
@@ -27,6 +28,9 @@ from ...staging import BatchManifest
 
 #: How often the head start's loop looks whether it should stop taking batches (seconds).
 _POLL_S = 0.05
+#: At the hand-over the head start keeps about this many seconds of requests at the run's rate (at most
+#: twice its concurrency), so the server sees no gap while the first task runs start.
+HANDOVER_OVERLAP_S = 2.0
 
 
 class HeadStart:
@@ -44,24 +48,35 @@ class HeadStart:
         self._lock = threading.Lock()  # the batch iterator and the hand-over of progress reports
         self._handed = False
         self._late: list[BatchManifest] = []
+        self.kept: list[int] = []  # the batches it kept at the hand-over, by index
 
     def start(self) -> "HeadStart":
         self._thread.start()
         return self
 
     def hand_over(self) -> list[Batch]:
-        """Stop taking batches; the batches left, for the task runner. The ones in flight go on (:meth:`join`)."""
+        """The batches left, for the task runner, but for about ``HANDOVER_OVERLAP_S`` of requests more, which
+        the head start keeps and fetches while the first task runs start (its in-flight ones go on too,
+        :meth:`join`): without them the server saw a second with a few requests only at the hand-over (at
+        20 req/s a Dask run's task runs took ~0.8 s to start sending, benchmarks/shared_key.py)."""
         with self._lock:
-            self._stop.set()
             self._handed = True
             if self.error is not None:
                 raise self.error
-            return list(self._batches)
+            settings = self.plan.settings
+            overlap = min(settings.rate * HANDOVER_OVERLAP_S, 2 * settings.concurrency)
+            kept: list[Batch] = []
+            while sum(map(len, kept)) < overlap and (batch := next(self._batches, None)) is not None:
+                kept.append(batch)
+            left = list(self._batches)
+            self.kept = [batch.index for batch in kept]
+            self._batches = iter(kept)  # the head start's loop takes these, then stops by itself
+            return left
 
     def join(self) -> list[BatchManifest]:
         """Wait for the batches in flight; every manifest of the head start (the ones done after the hand-over
-        reported to the progress display now, from this thread), or raise its error."""
-        self._stop.set()
+        reported to the progress display now, from this thread), or raise its error. Called after
+        :meth:`hand_over`: the batches it kept are fetched to the end."""
         if self._thread.ident is not None:
             self._thread.join()
         with self._lock:
