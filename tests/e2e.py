@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import duckdb
@@ -63,3 +64,38 @@ def day_changes(before, after, series_ids) -> set[tuple]:
 
 def logged(db, run_id) -> set[tuple]:
     return set(count(db, f"SELECT series_id, date, old_value, new_value, kind FROM revisions WHERE run_id = '{run_id}'"))
+
+
+class RecordingProgress:
+    """A progress display that records what it was told: the start, each batch (and the thread that
+    reported it: the head start's before its hand-over, the flow's after), and how often it was closed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: tuple[int, int] | None = None
+        self.batches: list[int] = []
+        self.threads: list[str] = []
+        self.closed = 0
+
+    def start(self, n_series: int, n_batches: int) -> None:
+        self.started = (n_series, n_batches)
+
+    def batch_done(self, manifest) -> None:  # noqa: ANN001
+        with self.lock:
+            self.batches.append(manifest.batch_index)
+            self.threads.append(threading.current_thread().name)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def assert_resumed_exactly(summary, run, sim, db: Path, ids, staged: list, staged_series: set) -> None:
+    """A resume after a kill: the same run finished, every staged batch kept, exactly metadata + observations
+    requested for each series not staged yet, and the database holds every series' rows, once."""
+    assert summary.exit_code == 0 and summary.run_id == run.run_id
+    assert summary.resumed_batches == len(staged)
+    assert sim.stats()["requests"] == 2 * (len(ids) - len(staged_series))
+    assert summary.n_series == len(ids)
+    assert summary.n_rows == assert_db_matches(db, sim.catalog, ids)
+    assert count(db, "SELECT run_id FROM ingest_runs") == [(run.run_id,)]
+

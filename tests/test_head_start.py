@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from e2e import assert_db_matches
+from e2e import RecordingProgress, assert_db_matches
 from fredflow import CatalogSpec, FatalRunError, ingest
 from fredflow.options import RunOptions
 from fredflow.ratelimit.service import TokenService
@@ -44,24 +44,6 @@ def hs_sim():
     """No rate limit at the server; 20 ms per request: a head start paced at a few req/s is mid-run for seconds."""
     with SimProcess(n_series=40, seed=31, obs_per_series=150, long_series=0, withdrawn=0, latency=0.02) as process:
         yield process
-
-
-class ThreadProgress:
-    """Progress that records which thread reported each batch (the head start's before the hand-over)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.batches: list[tuple[int, str]] = []
-
-    def start(self, n_series: int, n_batches: int) -> None:
-        pass
-
-    def batch_done(self, manifest) -> None:  # noqa: ANN001
-        with self.lock:
-            self.batches.append((manifest.batch_index, threading.current_thread().name))
-
-    def close(self) -> None:
-        pass
 
 
 def _plan(tmp_path, sim, settings, n_series=24, batch_size=2):
@@ -97,7 +79,7 @@ def _head_threads() -> list[threading.Thread]:
 
 def test_head_start_fetches_then_hands_over_exactly_the_plans_batches(tmp_path, hs_sim, settings_for):
     settings = settings_for(hs_sim, rate=8, burst=1, concurrency=2)
-    progress = ThreadProgress()
+    progress = RecordingProgress()
     with _started(tmp_path, hs_sim, settings, progress) as (plan, head):
         _wait(lambda: len(head.manifests) >= 2, "two batches fetched by the head start")
         left = head.hand_over()
@@ -118,8 +100,8 @@ def test_head_start_fetches_then_hands_over_exactly_the_plans_batches(tmp_path, 
         assert sorted(series) == sorted(hs_sim.catalog.series_ids[:24])  # every series once
         # progress: each fetched batch reported once, from the head start's thread before the hand-over,
         # from this (the flow's) thread after it
-        assert sorted(i for i, _ in progress.batches) == fetched
-        assert {name for _, name in progress.batches} <= {"fredflow-head-start", threading.current_thread().name}
+        assert sorted(progress.batches) == fetched
+        assert set(progress.threads) <= {"fredflow-head-start", threading.current_thread().name}
         # the staged files are the simulator's rows
         by_sid = {}
         for m in manifests:
@@ -137,7 +119,7 @@ def test_head_start_fetches_then_hands_over_exactly_the_plans_batches(tmp_path, 
         assert sum(m.requests for m in manifests) == 2 * sum(len(m.succeeded) for m in manifests)
 
 
-class SlowProgress(ThreadProgress):
+class SlowProgress(RecordingProgress):
     """batch_done takes 0.5 s, and says when the head start's thread is inside it."""
 
     def __init__(self) -> None:
@@ -164,14 +146,14 @@ def test_after_hand_over_only_the_flows_thread_reports_progress(tmp_path, hs_sim
         assert progress.inside == 0, "the head start still reports progress after hand_over returned"
         manifests = head.join()
         assert sorted([m.batch_index for m in manifests] + [b.index for b in left]) == list(range(12))
-        assert sorted(i for i, _ in progress.batches) == sorted(m.batch_index for m in manifests)
+        assert sorted(progress.batches) == sorted(m.batch_index for m in manifests)
 
 
 def test_head_start_fatal_error_is_raised_by_hand_over_and_join(tmp_path, hs_sim, settings_for):
     settings = settings_for(hs_sim, api_key=UNREGISTERED_KEY, rate=50, burst=1, concurrency=2)
     planned = _plan(tmp_path, hs_sim, settings_for(hs_sim))  # the plan's own requests with a good key
     plan = dataclasses.replace(planned, settings=settings)  # the key is refused once the head start sends
-    with _started(tmp_path, hs_sim, settings, ThreadProgress(), plan) as (_, head):
+    with _started(tmp_path, hs_sim, settings, RecordingProgress(), plan) as (_, head):
         _wait(lambda: head.error is not None, "the head start's fatal error")
         with pytest.raises(FatalRunError):
             head.hand_over()
@@ -185,7 +167,7 @@ def test_head_start_fatal_error_is_raised_by_hand_over_and_join(tmp_path, hs_sim
 def test_head_start_abort_cancels_in_flight_batches_and_leaves_no_thread(tmp_path, hs_sim, settings_for):
     settings = settings_for(hs_sim, rate=4, burst=1, concurrency=2)
     hs_sim.reset_stats()
-    with _started(tmp_path, hs_sim, settings, ThreadProgress()) as (_, head):
+    with _started(tmp_path, hs_sim, settings, RecordingProgress()) as (_, head):
         _wait(lambda: hs_sim.stats()["requests"] >= 1, "the head start's first request")
         head.abort()
         assert not _head_threads()
@@ -247,7 +229,7 @@ def test_ingest_with_head_start_holds_the_rate_across_the_hand_over(runner, shap
     ids = strict_sim.catalog.series_ids[:90]
     db = tmp_path / "r.duckdb"
     strict_sim.reset_stats()
-    progress = ThreadProgress()
+    progress = RecordingProgress()
     summary = ingest(db, CatalogSpec(series=tuple(ids)), runner=runner, batch_size=3, progress=progress,
                      settings=settings_for(strict_sim, rate=SERVER_RATE, burst=1, concurrency=4), **shape)
     stats = strict_sim.stats()
@@ -259,7 +241,7 @@ def test_ingest_with_head_start_holds_the_rate_across_the_hand_over(runner, shap
     assert stats["requests"] == stats["admitted"] + stats["throttled"]
     assert stats["throttled"] == 0, stats  # one TokenService paced both: the rate held throughout
     assert max(stats["admitted_per_second"]) <= SERVER_RATE + SERVER_BURST
-    assert sorted(i for i, _ in progress.batches) == list(range(30))  # every batch reported once
+    assert sorted(progress.batches) == list(range(30))  # every batch reported once
     # both fetched: the head start some batches, Prefect task runs the rest
     (found,) = [HEAD_LINE.search(line) for line in prefect_lines if HEAD_LINE.search(line)]
     by_head, by_tasks = int(found.group(1)), int(found.group(2))

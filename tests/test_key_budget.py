@@ -42,7 +42,7 @@ def test_two_schedules_on_one_file_hand_out_one_schedule(tmp_path):
     assert sum(1 for t in times if t <= now) <= (now - 100.0) * 10 + 1
     # the measurement and the policy are shared too: a 429 reported through one slows the other
     b.answer(0, throttled=[firsts[-1]], now=now)
-    assert Schedule.from_state(json.loads(path.read_text())).policy.episodes == 1
+    assert Schedule.from_state(budget.read_state(path)).policy.episodes == 1
     a.answer(1, now=now + 0.01)
     assert a.policy.episodes == 1 and a.policy.rate < 10
 
@@ -53,7 +53,7 @@ def test_the_file_is_named_by_a_hash_and_never_holds_the_key(tmp_path):
     assert isinstance(schedule, SharedSchedule) and schedule.path == key_file(settings)
     schedule.answer(3)
     files = list(tmp_path.iterdir())
-    assert files == [schedule.path] and KEY not in files[0].name and KEY not in files[0].read_text()
+    assert files == [schedule.path] and KEY not in files[0].name and KEY.encode() not in files[0].read_bytes()
     assert oct(files[0].stat().st_mode & 0o777) == "0o600"
     # another url or key: another budget; key_budget="run": none shared
     assert key_file(settings.model_copy(update={"api_key": SecretStr("other" + KEY[5:])})) != schedule.path
@@ -65,12 +65,16 @@ def test_a_stale_or_torn_file_starts_afresh(tmp_path):
     schedule = SharedSchedule(path, rate=5, burst=1)
     first = schedule.answer(1, now=10.0)["first"]
     schedule.answer(1, throttled=[first], now=10.1)  # a 429: a slowed-down schedule in the file
-    assert json.loads(path.read_text())["policy"]["episodes"] == 1
+    assert budget.read_state(path)["policy"]["episodes"] == 1
     later = SharedSchedule(path, rate=5, burst=1)
     later.answer(1, now=10.5 + budget.STALE_AFTER_S + 1)  # nobody leased for minutes: history
     assert later.policy.episodes == 0 and later.policy.rate == 5
-    path.write_bytes(b'{"_tat": 1')  # a process killed mid-write
+    path.write_bytes(b'{"_tat": 1')  # another format (an older fredflow's)
     assert SharedSchedule(path, rate=5, burst=1).answer(2, now=11.0)["delays"]
+    path.write_bytes(budget._header(7, 400) + b'{"_tat": 1')  # noqa: SLF001 - a process killed mid-write
+    torn = SharedSchedule(path, rate=5, burst=1)
+    assert torn.answer(2, now=11.0)["delays"] and torn.policy.episodes == 0
+    assert budget.read_state(path)["granted"] >= 1  # and the file is whole again
 
 
 _HOLD_LOCK = r"""
@@ -95,7 +99,7 @@ def test_a_killed_holder_blocks_no_one_and_a_stuck_one_only_for_a_bounded_wait(t
     killed.send_signal(signal.SIGKILL)
     killed.wait(10)
     assert schedule.answer(1)["delays"]  # the kernel dropped the dead process's lock
-    assert json.loads(path.read_text())["granted"] == 1
+    assert budget.read_state(path)["granted"] == 1
     # a live process sitting on the lock (stopped, hung): after LOCK_TIMEOUT_S this run paces alone
     monkeypatch.setattr(budget, "LOCK_TIMEOUT_S", 0.2)
     stuck = _holder(path)
@@ -105,7 +109,7 @@ def test_a_killed_holder_blocks_no_one_and_a_stuck_one_only_for_a_bounded_wait(t
     finally:
         stuck.kill()
         stuck.wait(10)
-    assert schedule.answer(1)["delays"] and json.loads(path.read_text())["granted"] >= 2
+    assert schedule.answer(1)["delays"] and budget.read_state(path)["granted"] >= 2
 
 
 def _ingest(sim: SimProcess, db: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
@@ -146,6 +150,6 @@ def test_two_processes_on_one_key_share_its_budget(tmp_path):
     assert stats["throttled"] <= max(1, 0.01 * stats["requests"])
     assert max(stats["admitted_per_second"]) <= 2 + 2
     [state_file] = budgets.iterdir()
-    state = json.loads(state_file.read_text())
+    state = budget.read_state(state_file)
     assert state["granted"] >= stats["requests"] - stats["throttled"]  # every request came from the one file
-    assert DEMO_API_KEY not in state_file.name + state_file.read_text()
+    assert DEMO_API_KEY not in state_file.name and DEMO_API_KEY.encode() not in state_file.read_bytes()

@@ -424,7 +424,6 @@ def test_a_ramp_then_one_jitter_429_does_not_read_as_a_lower_limit():
     server refused nothing else: the measurement is the pace we sent at, and the cut is the smallest one,
     not down to the 15 req/s the ramp happened to use (what held a Dask run at 0.83 of 20 req/s)."""
     service = Schedule(rate=20, burst=1)
-    interval = 1 / (20 * (1 - JITTER_MARGIN))
     now, sent, dropped = 0.0, [], []
     while now < 4.0:
         first, delays = service.lease_slots(1, ok=sent[-1:] if sent else [], now=now)

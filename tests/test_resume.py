@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from e2e import assert_db_matches, count
+from e2e import assert_db_matches, count, assert_resumed_exactly
 from fredflow import CatalogSpec
 from fredflow.errors import UsageError
 from fredflow.api import ingest, resumable_runs, resume
@@ -83,13 +83,8 @@ def test_resume_after_kill_fetches_only_what_was_not_staged(tmp_path, slow_sim, 
 
     slow_sim.reset_stats()
     summary = resume(db, run.run_id, settings=settings_for(slow_sim))
-    assert summary.exit_code == 0 and summary.run_id == run.run_id
-    assert summary.resumed_batches == len(staged_batches)
     # nothing staged was fetched again: metadata + observations for each series not yet staged
-    assert slow_sim.stats()["requests"] == 2 * (len(ids) - len(staged_series))
-    assert summary.n_series == len(ids)
-    assert summary.n_rows == assert_db_matches(db, slow_sim.catalog, ids)
-    assert count(db, "SELECT run_id FROM ingest_runs") == [(run.run_id,)]
+    assert_resumed_exactly(summary, run, slow_sim, db, ids, staged_batches, staged_series)
     assert resumable_runs(db) == [] and not (staging / run.run_id).exists()
     with pytest.raises(UsageError, match="no resumable run"):
         resume(db, run.run_id, settings=settings_for(slow_sim))

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from e2e import assert_db_matches, count
+from e2e import RecordingProgress, assert_db_matches, count
 from fredflow import CatalogSpec, FatalRunError, ingest, resumable_runs, resume
 from fredflow.sim.process import SimProcess
 from fredflow.sim.server import DEMO_API_KEY
@@ -33,22 +33,6 @@ RUNNERS = {
 def contract_sim():
     with SimProcess(n_series=40, seed=23, withdrawn=2, long_series=0, obs_per_series=300, latency=0.02) as process:
         yield process
-
-
-class RecordingProgress:
-    def __init__(self) -> None:
-        self.started: tuple[int, int] | None = None
-        self.batches: list[int] = []
-        self.closed = 0
-
-    def start(self, n_series: int, n_batches: int) -> None:
-        self.started = (n_series, n_batches)
-
-    def batch_done(self, manifest) -> None:  # noqa: ANN001
-        self.batches.append(manifest.batch_index)
-
-    def close(self) -> None:
-        self.closed += 1
 
 
 @pytest.mark.parametrize("runner", list(RUNNERS))

@@ -12,7 +12,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from e2e import assert_db_matches, count
+from e2e import assert_db_matches, count, assert_resumed_exactly
 from fredflow import CatalogSpec
 from fredflow.api import ingest, resumable_runs, resume
 from fredflow.errors import StoreBusy
@@ -135,12 +135,7 @@ def test_resume_with_s3_staging_after_kill_mid_fetch(tmp_path, slow_sim, setting
 
     slow_sim.reset_stats()
     summary = resume(db, run.run_id, settings=settings_for(slow_sim), staging_root=uri)
-    assert summary.exit_code == 0 and summary.run_id == run.run_id
-    assert summary.resumed_batches == len(staged)
-    assert slow_sim.stats()["requests"] == 2 * (len(ids) - len(staged_series))
-    assert summary.n_series == len(ids)
-    assert summary.n_rows == assert_db_matches(db, slow_sim.catalog, ids)
-    assert count(db, "SELECT run_id FROM ingest_runs") == [(run.run_id,)]
+    assert_resumed_exactly(summary, run, slow_sim, db, ids, staged, staged_series)
     assert resumable_runs(db, uri) == []
     assert not [p for p in _objects(uri) if f"/{run.run_id}/" in p or p.endswith(f"/{run.run_id}")]
 

@@ -58,6 +58,9 @@ MEASURE_GAP_INTERVALS = 2
 #: Under this share of 429s among the window's answers, the server admitted nearly all we sent: gaps in our
 #: own sending are not counted as time (see :meth:`Schedule.admitted_rate`).
 ESTIMATE_REFUSED_SHARE = 0.05
+#: The measurement keeps at most this many recent slots (a shared schedule writes them on every lease):
+#: at rates above ~500 req/s the window holds under a second of slots, and a 429 cuts blindly.
+MAX_MEASURED_SLOTS = 512
 #: With permits from outside (a Prefect global concurrency limit) and none in hand, ask again this much later.
 PERMIT_POLL_S = 0.02
 
@@ -244,7 +247,8 @@ class Schedule:
         self._slot_times.extend(slots)
         self._slot_states.extend([_PENDING] * n)
         self._slot_intervals.extend([interval] * n)
-        while self._slot_times and self._slot_times[0] < now - 2 * self.window:
+        while self._slot_times and (self._slot_times[0] < now - 2 * self.window
+                                    or len(self._slot_times) > MAX_MEASURED_SLOTS):
             self._slot_times.popleft()
             self._slot_states.popleft()
             self._slot_intervals.popleft()
@@ -271,6 +275,11 @@ class Schedule:
         its process (the head start, the thread runner's tasks) lease here directly."""
         with self._answer_lock:
             return self._answer(n, ok=ok, throttled=throttled, dropped=dropped, now=now)
+
+    def try_answer(self, n: int, *, ok: int | Iterable[int] = (), throttled: int | Iterable[int] = (),
+                   dropped: Iterable[int] = (), now: float | None = None) -> dict[str, Any] | None:
+        """:meth:`answer`, or None when it would have to wait (a schedule shared with other processes)."""
+        return self.answer(n, ok=ok, throttled=throttled, dropped=dropped, now=now)
 
     def _answer(self, n: int, *, ok: int | Iterable[int], throttled: int | Iterable[int], dropped: Iterable[int],
                 now: float | None) -> dict[str, Any]:

@@ -84,11 +84,12 @@ class TokenService:
     async def _handle_lease(self, request: web.Request) -> web.Response:
         self.http_leases += 1
         body = orjson.loads(await request.read() or b"{}")
-        lease = functools.partial(self.schedule.answer, int(body.get("n", 1)),
-                                  ok=_slots_or_count(body.get("ok", [])),
-                                  throttled=_slots_or_count(body.get("throttled", [])),
-                                  dropped=[int(s) for s in body.get("dropped", [])])
-        answer = await asyncio.to_thread(lease) if self.schedule.blocking else lease()
+        n, reports = int(body.get("n", 1)), dict(ok=_slots_or_count(body.get("ok", [])),
+                                                  throttled=_slots_or_count(body.get("throttled", [])),
+                                                  dropped=[int(s) for s in body.get("dropped", [])])
+        answer = self.schedule.try_answer(n, **reports)  # None: a shared schedule's lock is taken: wait off the loop
+        if answer is None:
+            answer = await asyncio.to_thread(functools.partial(self.schedule.answer, n, **reports))
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
@@ -295,8 +296,13 @@ class ScheduleLimiter(SlotLimiter):
 
     async def _ask(self, payload: dict[str, Any]) -> dict[str, Any]:
         n = payload.pop("n")
-        lease = functools.partial(self.schedule.answer, n, **payload)
-        return await asyncio.to_thread(lease) if self.schedule.blocking else lease()
+        if not self.schedule.blocking:
+            return self.schedule.answer(n, **payload)
+        # a schedule shared with other processes: here when its lock is free, else off the event loop
+        answer = self.schedule.try_answer(n, **payload)
+        if answer is None:
+            answer = await asyncio.to_thread(functools.partial(self.schedule.answer, n, **payload))
+        return answer
 
 
 class RemoteLimiter(SlotLimiter):

@@ -23,11 +23,12 @@ from .ephemeral import EphemeralServer, startup_timeout, watch_parent  # noqa: F
 def prefect_api(server: EphemeralServer | None = None) -> Iterator[str]:
     """Yield a Prefect API URL that other processes (Dask workers) can reach.
 
-    ``PREFECT_API_URL`` set (environment or profile): use it (and stop ``server`` if one was launched
-    early). Otherwise use ``server``, a temporary local server launched early by
-    :func:`~fredflow.runners.make_runner` (or launch one now), wait until it answers, and stop it after
-    the block. Its database is fredflow's own file under ``PREFECT_HOME`` (``fredflow-runs.db``): kept
-    between runs, so start-up skips the migrations and the history stays.
+    ``PREFECT_API_URL`` set (environment or profile): use it (and stop ``server`` at once if one was
+    launched early: it is not needed). Otherwise use ``server``, a temporary local server launched early
+    by :func:`~fredflow.runners.make_runner` and stopped by its owner (the runner's ``execute``), or
+    launch one now and stop it after the block; wait until it answers. Its database is fredflow's own
+    file under ``PREFECT_HOME`` (``fredflow-runs.db``): kept between runs, so start-up skips the
+    migrations and the history stays.
     """
     url = PREFECT_API_URL.value()
     if url:
@@ -35,17 +36,16 @@ def prefect_api(server: EphemeralServer | None = None) -> Iterator[str]:
             server.stop()
         yield url
         return
-    if server is None:
-        server = EphemeralServer().launch()
-    try:
+    with contextlib.ExitStack() as owned:
+        if server is None:
+            server = EphemeralServer().launch()
+            owned.callback(server.stop)
         server.wait_ready(startup_timeout())
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             try:
                 yield server.api_url
             finally:  # a failed or interrupted run too: nothing left to ship to a server that is gone
                 _flush_prefect_services()
-    finally:
-        server.stop()
 
 
 def _flush_prefect_services() -> None:

@@ -54,43 +54,35 @@ class PrefectRunner:
 
     def execute(self, options: RunOptions, settings: Settings, progress: Progress) -> RunSummary:
         server, self._server = self._server, None
-        if self.shape.dask_address or not options.head_start:
-            return self._plain(options, settings, progress, server)
-        flow_result: dict = {}
+        with contextlib.ExitStack() as owned:
+            if server is not None:  # launched early by make_runner: stopped when the run ends, on every path
+                owned.callback(server.stop)
+            if self.shape.dask_address or not options.head_start:
+                return self._plain(options, settings, progress, server)
+            flow_result: dict = {}
 
-        def fan_out(plan: RunPlan, progress: Progress) -> list[BatchManifest]:
-            flow_result.update(self._flow(plan, progress, options, settings, server))
-            return []
+            def fan_out(plan: RunPlan, progress: Progress) -> list[BatchManifest]:
+                flow_result.update(self._flow(plan, progress, options, settings, server))
+                return []
 
-        try:
             # planned here while the server boots; the flow fans out the batches and merges (one transaction)
             return run_pipeline(DuckDBDestination(options.db).lock(),
                                 lambda: plan_run(options, settings, slots=self.slots, task_overhead=self.task_overhead),
                                 fan_out, progress, merge=lambda plan, manifests: RunSummary(**flow_result))
-        finally:
-            if server is not None:
-                server.stop()  # planning failed before the flow: the server goes too (a no-op otherwise)
 
     def _plain(self, options: RunOptions, settings: Settings, progress: Progress,
-              server: EphemeralServer | None) -> RunSummary:
+               server: EphemeralServer | None) -> RunSummary:
         """The flow plans, fans out and merges; every batch is a task run. ``--dask-address`` always takes this
         path, the preflight first (versions, reachability: before any FRED request): the cluster is up
         already, and batches fetched in this process would bypass the staging the workers use."""
         from .api_server import point_cluster_at_api, prefect_api
-        from .flows import ingest_flow, progress_var
+        from .flows import ingest_flow
 
-        token = progress_var.set(progress)
-        install_log_redaction()  # Prefect's console and API log handlers, now that Prefect has set them up
-        try:
-            with prefect_api(server) as api_url:
-                if self.shape.dask_address:
-                    _preflight(self.shape.dask_address, api_url, options, settings)
-                    point_cluster_at_api(self.shape.dask_address, api_url)
-                result = ingest_flow(options=options, settings=settings.public_dict(), api_key=settings.api_key)
-        finally:
-            progress_var.reset(token)
-            if server is not None:
-                server.stop()  # a no-op once prefect_api has stopped it
+        with _flow_context(progress), prefect_api(server) as api_url:
+            if self.shape.dask_address:
+                _preflight(self.shape.dask_address, api_url, options, settings)
+                point_cluster_at_api(self.shape.dask_address, api_url)
+            result = ingest_flow(options=options, settings=settings.public_dict(), api_key=settings.api_key)
         return RunSummary(**result)
 
     def _flow(self, plan: RunPlan, progress: Progress, options: RunOptions, settings: Settings,
@@ -99,23 +91,33 @@ class PrefectRunner:
                                schedule=schedule_for(settings)) as quota, \
                 _local_cluster(self.shape) as cluster:
             head = HeadStart(plan, progress, quota.url).start()
-            token = None
             try:
                 from .api_server import prefect_api
-                from .flows import Handoff, handoff_var, ingest_flow, progress_var
+                from .flows import Handoff, handoff_var, ingest_flow
 
-                install_log_redaction()  # Prefect's console and API log handlers, now that Prefect has set them up
-                token = (handoff_var.set(Handoff(plan=plan, head=head, quota_url=quota.url, cluster=cluster)),
-                         progress_var.set(progress))
-                with prefect_api(server):
-                    return ingest_flow(options=options, settings=settings.public_dict(), api_key=settings.api_key)
+                handoff = handoff_var.set(Handoff(plan=plan, head=head, quota_url=quota.url, cluster=cluster))
+                try:
+                    with _flow_context(progress), prefect_api(server):
+                        return ingest_flow(options=options, settings=settings.public_dict(), api_key=settings.api_key)
+                finally:
+                    handoff_var.reset(handoff)
             except BaseException:
                 head.abort()
                 raise
-            finally:
-                if token is not None:
-                    handoff_var.reset(token[0])
-                    progress_var.reset(token[1])
+
+
+@contextlib.contextmanager
+def _flow_context(progress: Progress) -> Iterator[None]:
+    """What the flow run in this process needs around it: the run's progress display, and the key redacted
+    from Prefect's console and API log handlers (set up by the Prefect import that precedes this)."""
+    from .flows import progress_var
+
+    token = progress_var.set(progress)
+    install_log_redaction()
+    try:
+        yield
+    finally:
+        progress_var.reset(token)
 
 
 def _preflight(dask_address: str, api_url: str, options: RunOptions, settings: Settings) -> None:
