@@ -11,8 +11,8 @@ token bucket (rate R, burst 2, per key), counted on the server's side:
 * ``at-limit``: ``--rate R``. Target: utilization >= 0.97, 429s <= 1 %.
 * ``over-limit``: ``--rate 1.25 R`` (the key's real limit is lower than configured).
   Target: utilization >= 0.9 of the real limit, 429s <= 5 %.
-* ``two-runs``: two asyncio runs at once on one key, each ``--rate R`` and half the series, sharing the
-  key's budget (the default ``--key-budget machine``). Target: combined utilization >= 0.95, 429s <= 1 %.
+* ``two-runs``: two runs at once on one key (both on the same runner), each ``--rate R`` and half the
+  series, sharing the key's budget (the default ``--key-budget machine``). Target: combined utilization >= 0.95, 429s <= 1 %.
 
 R = 2 req/s (FRED's own limit) with 60 series, and R = 20 req/s with 400 series. Utilization is
 what the server admitted / (R x seconds of the fetch phase): the longest run of seconds with admitted
@@ -124,7 +124,7 @@ def main() -> int:
     for limit in limits:
         n_series = args.series or (30 if args.quick else SERIES.get(limit, 60))
         for case in args.cases.split(","):
-            for runner in (["asyncio"] if case == "two-runs" else runners):
+            for runner in runners:
                 row = measure(case, runner, limit=limit, n_series=n_series, workdir=workdir)
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
