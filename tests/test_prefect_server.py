@@ -165,6 +165,17 @@ def _logs(client, flow_run_id) -> list[str]:  # noqa: ANN001
     return [entry.message for entry in logs]
 
 
+def _logs_with(client, flow_run_id, needle: str, timeout: float = 60.0) -> str:  # noqa: ANN001
+    """The run's logs, once ``needle`` is among them (or after ``timeout`` s): a flow run's process ships
+    its logs in the background, and may still be sending them when the run's state is final."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = "\n".join(_logs(client, flow_run_id))
+        if needle in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
+
+
 def _task_runs(client, flow_run_id):  # noqa: ANN001, ANN202
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
@@ -353,8 +364,11 @@ def test_artifacts_hold_the_runs_real_figures(server, worker_runs, sim):
 
 def test_logs_and_task_runs_show_where_and_how(server, worker_runs):
     partial, plain, backfill = (worker_runs[n]["run"] for n in ("partial", "plain_key", "backfill"))
+    expected = {"partial": "api key from FRED_API_KEY in the environment",
+                "plain": "api key from the api_key parameter",
+                "backfill": "api key from the Prefect Secret block 'fred-api-key'"}
     with server.client() as client:
-        logs = {name: "\n".join(_logs(client, run.id)) for name, run in
+        logs = {name: _logs_with(client, run.id, expected[name]) for name, run in
                 (("partial", partial), ("plain", plain), ("backfill", backfill))}
         tasks = _task_runs(client, partial.id)
     assert "api key from FRED_API_KEY in the environment" in logs["partial"]
