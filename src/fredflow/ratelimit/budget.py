@@ -101,8 +101,6 @@ class SharedSchedule(Schedule):
     an unlimited backfill lost a third of its speed to it).
     """
 
-    blocking = True
-
     def __init__(self, path: Path, rate: float, burst: int = 1) -> None:
         super().__init__(rate, burst)
         self.path = Path(path)
@@ -112,7 +110,8 @@ class SharedSchedule(Schedule):
         self._boot = _boot_id()
         self._warned = False
         self._mutex = threading.Lock()  # one lease at a time from this process's threads, too
-        self._generation: int | None = None  # what this process wrote last
+        self._generation: int | None = None  # what this process wrote last, and when
+        self._saved_at = -1e18
 
     def _lock(self, *, wait: bool = True) -> int | None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -189,8 +188,6 @@ class SharedSchedule(Schedule):
             return self._lease_locked(fd, n, ok, throttled, dropped, now)
         finally:
             self._mutex.release()
-
-    _saved_at = -1e18
 
 
 def read_state(path: Path) -> dict[str, Any] | None:

@@ -93,8 +93,6 @@ class Schedule:
     server's bucket to regain a token or two.
     """
 
-    #: whether :meth:`answer` may wait (on a lock shared with other processes): call it off the event loop
-    blocking = False
     #: where permits come from besides the schedule (a Prefect global concurrency limit), or None
     permits: Any = None
 

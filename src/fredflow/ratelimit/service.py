@@ -53,6 +53,15 @@ def local_schedule(url: str) -> Schedule | None:
     return service.schedule if service is not None else None
 
 
+async def answer_on_loop(schedule: Schedule, n: int, reports: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`Schedule.answer` from an event loop: here when it need not wait, else (a schedule shared with
+    other processes, its file lock taken) in a thread, so the loop never blocks on another process."""
+    answer = schedule.try_answer(n, **reports)
+    if answer is None:
+        answer = await asyncio.to_thread(functools.partial(schedule.answer, n, **reports))
+    return answer
+
+
 class TokenService:
     """A :class:`~fredflow.ratelimit.schedule.Schedule` served over HTTP (``POST /lease``, ``GET /stats``).
 
@@ -87,9 +96,7 @@ class TokenService:
         n, reports = int(body.get("n", 1)), dict(ok=_slots_or_count(body.get("ok", [])),
                                                   throttled=_slots_or_count(body.get("throttled", [])),
                                                   dropped=[int(s) for s in body.get("dropped", [])])
-        answer = self.schedule.try_answer(n, **reports)  # None: a shared schedule's lock is taken: wait off the loop
-        if answer is None:
-            answer = await asyncio.to_thread(functools.partial(self.schedule.answer, n, **reports))
+        answer = await answer_on_loop(self.schedule, n, reports)
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
@@ -272,8 +279,8 @@ class ScheduleLimiter(SlotLimiter):
     limiter, and, with the smoother, each head-start or thread-runner task's when the run's token service
     runs in this process (:func:`local_schedule`).
 
-    The schedule may be shared with other processes (a per-key budget): then the
-    lease, which takes a file lock, runs off the event loop.
+    The schedule may be shared with other processes (a per-key budget): then a lease that would wait for
+    their file lock runs off the event loop (:func:`answer_on_loop`).
 
     The asyncio runner's limiter has no smoother in front: it is its process's only caller, so the
     schedule already spaces its sends. The event loop also parses, so a slot may be used up to half an
@@ -296,13 +303,7 @@ class ScheduleLimiter(SlotLimiter):
 
     async def _ask(self, payload: dict[str, Any]) -> dict[str, Any]:
         n = payload.pop("n")
-        if not self.schedule.blocking:
-            return self.schedule.answer(n, **payload)
-        # a schedule shared with other processes: here when its lock is free, else off the event loop
-        answer = self.schedule.try_answer(n, **payload)
-        if answer is None:
-            answer = await asyncio.to_thread(functools.partial(self.schedule.answer, n, **payload))
-        return answer
+        return await answer_on_loop(self.schedule, n, payload)
 
 
 class RemoteLimiter(SlotLimiter):

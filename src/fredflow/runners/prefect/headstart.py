@@ -66,8 +66,10 @@ class HeadStart:
             settings = self.plan.settings
             overlap = min(settings.rate * HANDOVER_OVERLAP_S, 2 * settings.concurrency)
             kept: list[Batch] = []
-            while sum(map(len, kept)) < overlap and (batch := next(self._batches, None)) is not None:
+            requests = 0
+            while requests < overlap and (batch := next(self._batches, None)) is not None:
                 kept.append(batch)
+                requests += len(batch)
             left = list(self._batches)
             self.kept = [batch.index for batch in kept]
             self._batches = iter(kept)  # the head start's loop takes these, then stops by itself
